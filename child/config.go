@@ -1,0 +1,33 @@
+package child
+
+import "time"
+
+// Timeouts bound how long a connection may hold a child's resources. They are
+// enforced by a sweep of the connection table once a second, so they are
+// accurate to about a second and cost no timer per connection.
+type Timeouts struct {
+	Header time.Duration // from the first byte of a request to the end of its headers
+	Body   time.Duration // between two reads of a request body
+	Idle   time.Duration // a keep-alive connection between requests
+	Write  time.Duration // between two writes that make progress
+	Linger time.Duration // draining a client after an error status
+}
+
+// DefaultTimeouts are what a public-facing server can live with.
+var DefaultTimeouts = Timeouts{
+	Header: 10 * time.Second,
+	Body:   30 * time.Second,
+	Idle:   60 * time.Second,
+	Write:  30 * time.Second,
+	Linger: 5 * time.Second,
+}
+
+// Config is what a child needs to run.
+type Config struct {
+	Channel  int // fd of the child's end of the channel to the master
+	Slot     int // the child's index in the pool, as the master numbers it
+	Listener int // in reuseport mode the child's own listening socket, else -1
+	Pool     int // worker goroutines for handlers; 0 runs handlers inline
+	Limits   Limits
+	Timeouts Timeouts
+}

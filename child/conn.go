@@ -1,0 +1,95 @@
+package child
+
+import "sync"
+
+// conn is the state of one client connection. An idle keep-alive connection
+// owns no buffer: in and out are taken from bufPool only while a partial
+// request or an unsent response has to outlive one event.
+type conn struct {
+	fd    int
+	state connState
+	in    []byte // a partial request carried to the next read; nil when none
+	out   []byte // response bytes the kernel has not taken yet; nil when none
+	after verdict
+
+	need       int   // len(in) below which parsing cannot succeed
+	deadline   int64 // unix nanoseconds when the connection times out
+	reqStarted int64 // when the request in progress began; 0 when idle
+	continued  bool  // 100 Continue already sent for the request in progress
+	linger     int   // bytes still accepted while lingering
+	busy       bool  // a pool worker holds it; the loop keeps its hands off
+}
+
+type connState uint8
+
+const (
+	stFree    connState = iota
+	stReading           // armed for EPOLLIN
+	stWriting           // armed for EPOLLOUT, out holds the tail
+	stLinger            // write side shut down, reading to discard
+)
+
+// verdict is what happens to a connection once its output is flushed.
+type verdict uint8
+
+const (
+	vKeep   verdict = iota // keep reading
+	vClose                 // close (Connection: close, HTTP/1.0, draining)
+	vReject                // an error status was sent: staged close
+	vMore                  // output bound reached: more requests wait in the input
+)
+
+// bufSize is the size of pooled buffers; larger ones are allocated on demand
+// and left to the collector.
+const bufSize = 4 << 10
+
+// maxFreeBufs bounds what the pool keeps after a burst.
+const maxFreeBufs = 1024
+
+// bufs is a free list of bufSize buffers shared by a child's loop and its
+// workers. A plain list under a mutex rather than a sync.Pool: putting a
+// slice into a sync.Pool allocates its header, and this path must not.
+var bufs struct {
+	sync.Mutex
+	free [][]byte
+}
+
+// getBuf returns an empty buffer with room for at least n bytes.
+func getBuf(n int) []byte {
+	if n > bufSize {
+		return make([]byte, 0, n)
+	}
+	bufs.Lock()
+	if k := len(bufs.free); k > 0 {
+		b := bufs.free[k-1]
+		bufs.free = bufs.free[:k-1]
+		bufs.Unlock()
+		return b
+	}
+	bufs.Unlock()
+	return make([]byte, 0, bufSize)
+}
+
+// putBuf recycles b if it has the pooled size.
+func putBuf(b []byte) {
+	if cap(b) != bufSize {
+		return
+	}
+	bufs.Lock()
+	if len(bufs.free) < maxFreeBufs {
+		bufs.free = append(bufs.free, b[:0])
+	}
+	bufs.Unlock()
+}
+
+// releaseBuffers returns the connection's buffers to the pool.
+func (c *conn) releaseBuffers() {
+	if c.in != nil {
+		putBuf(c.in)
+		c.in = nil
+	}
+	if c.out != nil {
+		putBuf(c.out)
+		c.out = nil
+	}
+}

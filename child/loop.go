@@ -1,0 +1,344 @@
+// Package child is the worker side of procpool: an epoll loop on one locked
+// OS thread that takes connections from the master (or from its own
+// SO_REUSEPORT listener) and serves HTTP/1.1 on them with a Handler.
+package child
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+// action is what the loop does with a connection after an event on it.
+type action uint8
+
+const (
+	aRead  action = iota // re-arm for reading
+	aWrite               // re-arm for writing: output is pending
+	aClose               // close it
+)
+
+const (
+	connEvents  = epoll.In | epoll.RDHup | epoll.OneShot
+	writeEvents = epoll.Out | epoll.OneShot
+)
+
+// ErrMasterGone is returned by Run when the channel to the master closes.
+var ErrMasterGone = errors.New("child: master closed the channel")
+
+type loop struct {
+	cfg      Config
+	poller   *epoll.Poller
+	ch       *ipc.Channel
+	conns    []*conn // indexed by fd
+	spare    []*conn // conn structs to reuse
+	open     int
+	events   []epoll.Event
+	fds      []int
+	sess     *session
+	pool     *pool // nil in inline mode
+	draining atomic.Bool
+	sweepAt  int64
+	sig      *ipc.SelfPipe
+}
+
+// Run serves until the master tells the child to stop (nil after a drain) or
+// goes away (ErrMasterGone). It locks the calling goroutine to its OS thread
+// for good: the loop, its epoll set and the CPU pinning belong to that thread.
+func Run(cfg Config, h Handler) error {
+	runtime.LockOSThread()
+	l, err := newLoop(cfg, h)
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	err = l.ch.Send(ipc.Msg{Cmd: ipc.CmdReady, Pid: int32(os.Getpid()), Slot: int32(cfg.Slot)}, nil)
+	if err != nil {
+		return fmt.Errorf("child: announce ready: %w", err)
+	}
+	if err := l.run(); err != errStopped {
+		return err
+	}
+	return nil
+}
+
+func newLoop(cfg Config, h Handler) (*loop, error) {
+	p, err := epoll.Open()
+	if err != nil {
+		return nil, err
+	}
+	l := &loop{
+		cfg:    cfg,
+		poller: p,
+		ch:     ipc.NewChannel(cfg.Channel),
+		events: make([]epoll.Event, 256),
+		fds:    make([]int, 0, ipc.MaxFds),
+	}
+	l.sess = newSession(h, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+	// Signals come from the master's fallback path or from a terminal that
+	// signals the whole process group; the master decides the rest.
+	signal.Ignore(unix.SIGHUP, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU)
+	if l.sig, err = ipc.NewSelfPipe(unix.SIGTERM, unix.SIGQUIT, unix.SIGINT, unix.SIGUSR1); err != nil {
+		p.Close()
+		return nil, err
+	}
+	if err := p.Add(l.sig.Fd(), epoll.In); err != nil {
+		l.sig.Close()
+		p.Close()
+		return nil, err
+	}
+	if err := p.Add(cfg.Channel, epoll.In); err != nil {
+		l.sig.Close()
+		p.Close()
+		return nil, err
+	}
+	if cfg.Listener >= 0 {
+		if err := p.Add(cfg.Listener, epoll.In); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	if cfg.Pool > 0 {
+		if l.pool, err = newPool(cfg.Pool, h, l); err != nil {
+			p.Close()
+			return nil, err
+		}
+		if err := p.Add(l.pool.wake, epoll.In); err != nil {
+			l.pool.stop()
+			p.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *loop) run() error {
+	for {
+		n, err := l.poller.Wait(l.events, 1000)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			ev := &l.events[i]
+			switch fd := int(ev.Fd); {
+			case fd == l.ch.Fd:
+				if err := l.onChannel(); err != nil {
+					return err
+				}
+			case fd == l.sig.Fd():
+				s := l.sig.Drain()
+				if s.Has(unix.SIGINT) {
+					return errStopped
+				}
+				if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
+					l.drain()
+				}
+			case fd == l.cfg.Listener:
+				l.accept()
+			case l.pool != nil && fd == l.pool.wake:
+				l.pool.collect()
+			default:
+				l.onConn(fd, ev)
+			}
+		}
+		l.sess.clk.tick()
+		if now := l.sess.clk.now.UnixNano(); now >= l.sweepAt {
+			l.sweep(now)
+			l.sweepAt = now + int64(time.Second)
+		}
+		if l.draining.Load() && l.open == 0 {
+			return nil
+		}
+	}
+}
+
+// onChannel takes every message the master has queued.
+func (l *loop) onChannel() error {
+	for {
+		m, fds, err := l.ch.Recv(l.fds)
+		switch {
+		case err == ipc.ErrAgain:
+			return nil
+		case err == io.EOF:
+			return ErrMasterGone
+		case err != nil:
+			// A malformed message lost nothing we own (Recv closed its fds).
+			fmt.Fprintf(os.Stderr, "procpool child %d: channel: %v\n", l.cfg.Slot, err)
+			continue
+		}
+		switch m.Cmd {
+		case ipc.CmdFds:
+			for _, fd := range fds {
+				l.register(fd)
+			}
+		case ipc.CmdDrain:
+			l.drain()
+		case ipc.CmdStop:
+			return errStopped
+		}
+	}
+}
+
+var errStopped = errors.New("child: stopped by the master")
+
+// accept takes new connections from the child's own listener (reuseport).
+func (l *loop) accept() {
+	for i := 0; i < 64; i++ {
+		fd, err := accept4(l.cfg.Listener)
+		switch err {
+		case nil:
+			l.register(fd)
+			continue
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // the peer gave up while queued; take the next one
+		case unix.EAGAIN:
+		default:
+			fmt.Fprintf(os.Stderr, "procpool child %d: accept: %v\n", l.cfg.Slot, err)
+		}
+		return
+	}
+}
+
+// register adopts an accepted connection.
+func (l *loop) register(fd int) {
+	if l.draining.Load() {
+		unix.Close(fd)
+		return
+	}
+	// Responses go out in one write each; Nagle would hold the next one back.
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	for fd >= len(l.conns) {
+		l.conns = append(l.conns, make([]*conn, len(l.conns)+64)...)
+	}
+	c := l.newConn()
+	c.fd = fd
+	c.state = stReading
+	c.deadline = l.sess.clk.now.Add(l.cfg.Timeouts.Header).UnixNano()
+	if err := l.poller.Add(fd, connEvents); err != nil {
+		unix.Close(fd)
+		l.spare = append(l.spare, c)
+		return
+	}
+	l.conns[fd] = c
+	l.open++
+}
+
+func (l *loop) newConn() *conn {
+	if k := len(l.spare); k > 0 {
+		c := l.spare[k-1]
+		l.spare = l.spare[:k-1]
+		return c
+	}
+	return new(conn)
+}
+
+// onConn serves one connection event, inline or through the pool.
+func (l *loop) onConn(fd int, ev *epoll.Event) {
+	if fd >= len(l.conns) || l.conns[fd] == nil {
+		return
+	}
+	c := l.conns[fd]
+	if l.pool != nil {
+		l.pool.submit(c)
+		return
+	}
+	l.apply(c, l.sess.serve(c))
+}
+
+// serve handles the event a connection was armed for.
+func (s *session) serve(c *conn) action {
+	if c.out != nil {
+		return s.onWritable(c)
+	}
+	return s.onReadable(c)
+}
+
+// apply carries out what serving decided: re-arm or close.
+func (l *loop) apply(c *conn, a action) {
+	if a == aRead && c.state != stLinger {
+		c.state = stReading
+		if l.draining.Load() && c.in == nil && c.out == nil {
+			a = aClose // idle, and we are going away
+		}
+	}
+	var err error
+	switch a {
+	case aRead:
+		err = l.poller.Rearm(c.fd, connEvents)
+	case aWrite:
+		c.state = stWriting
+		err = l.poller.Rearm(c.fd, writeEvents)
+	}
+	if a == aClose || err != nil {
+		l.closeConn(c)
+	}
+}
+
+func (l *loop) closeConn(c *conn) {
+	unix.Close(c.fd)
+	l.conns[c.fd] = nil
+	c.releaseBuffers()
+	*c = conn{}
+	l.spare = append(l.spare, c)
+	l.open--
+}
+
+// sweep closes connections whose deadline has passed. Connections with a
+// pool worker are skipped: they are not idle.
+func (l *loop) sweep(now int64) {
+	for _, c := range l.conns {
+		if c != nil && !c.busy && c.deadline != 0 && c.deadline <= now {
+			l.closeConn(c)
+		}
+	}
+}
+
+// drain stops taking work: idle connections close now, busy ones after the
+// response in progress, which carries Connection: close.
+func (l *loop) drain() {
+	if l.draining.Swap(true) {
+		return
+	}
+	if l.cfg.Listener >= 0 {
+		l.poller.Delete(l.cfg.Listener)
+		unix.Close(l.cfg.Listener)
+		l.cfg.Listener = -1
+	}
+	for _, c := range l.conns {
+		if c != nil && !c.busy && c.state == stReading && c.in == nil {
+			l.closeConn(c)
+		}
+	}
+}
+
+func (l *loop) close() {
+	if l.pool != nil {
+		l.pool.stop()
+	}
+	for _, c := range l.conns {
+		if c != nil {
+			l.closeConn(c)
+		}
+	}
+	l.sig.Close()
+	l.poller.Close()
+}
+
+// accept4 accepts without asking for the peer address, which would allocate.
+func accept4(lfd int) (int, error) {
+	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0,
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(fd), nil
+}

@@ -1,0 +1,105 @@
+package child
+
+import (
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// pool runs handlers on worker goroutines: the half-sync/half-async split.
+// The loop hands a ready connection to a worker; the worker reads, runs the
+// handler, writes, and hands the connection back with what to do next. Only
+// the loop re-arms or closes, so the fd table has one owner. Because the
+// connection is EPOLLONESHOT, no event can fire for it while a worker holds
+// it: one connection is only ever worked on by one goroutine at a time.
+type pool struct {
+	work    chan *conn
+	done    chan finished
+	wake    int // eventfd: a worker finished something
+	backlog []*conn
+	loop    *loop
+	wg      sync.WaitGroup
+}
+
+type finished struct {
+	c *conn
+	a action
+}
+
+func newPool(n int, h Handler, l *loop) (*pool, error) {
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	p := &pool{
+		work: make(chan *conn, n),
+		done: make(chan finished, 4*n),
+		wake: wake,
+		loop: l,
+	}
+	for i := 0; i < n; i++ {
+		s := newSession(h, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+		p.wg.Add(1)
+		go p.worker(s)
+	}
+	return p, nil
+}
+
+func (p *pool) worker(s *session) {
+	defer p.wg.Done()
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+	for c := range p.work {
+		p.done <- finished{c, s.serve(c)}
+		// EAGAIN would mean the counter is full, so a wake is pending anyway.
+		unix.Write(p.wake, one)
+	}
+}
+
+// submit gives c to a worker, or queues it when all are busy: the loop never
+// blocks.
+func (p *pool) submit(c *conn) {
+	c.busy = true
+	select {
+	case p.work <- c:
+	default:
+		p.backlog = append(p.backlog, c)
+	}
+}
+
+// collect applies what the workers finished and hands out queued work.
+func (p *pool) collect() {
+	var buf [8]byte
+	unix.Read(p.wake, buf[:])
+	for {
+		select {
+		case f := <-p.done:
+			f.c.busy = false
+			p.loop.apply(f.c, f.a)
+			continue
+		default:
+		}
+		break
+	}
+	for len(p.backlog) > 0 {
+		select {
+		case p.work <- p.backlog[0]:
+			p.backlog = p.backlog[1:]
+			continue
+		default:
+		}
+		break
+	}
+}
+
+func (p *pool) stop() {
+	close(p.work)
+	// Workers may be blocked handing back results; take them.
+	go func() {
+		for range p.done {
+		}
+	}()
+	p.wg.Wait()
+	close(p.done)
+	unix.Close(p.wake)
+}

@@ -1,0 +1,178 @@
+package child
+
+import (
+	"strconv"
+	"time"
+)
+
+// Response collects what a handler answers. The child serialises it after
+// the handler returns, so the handler never touches the socket and a
+// response is always framed with a correct Content-Length.
+type Response struct {
+	status      int
+	contentType string
+	header      []byte // extra "Name: value\r\n" lines
+	body        []byte
+	close       bool
+}
+
+// SetStatus sets the status code; 200 when never called.
+func (w *Response) SetStatus(code int) { w.status = code }
+
+// SetContentType sets the Content-Type header.
+func (w *Response) SetContentType(v string) { w.contentType = v }
+
+// AddHeader adds a header line. Name and value must not contain CR or LF;
+// they are dropped if they do, so that a handler cannot split the response.
+func (w *Response) AddHeader(name, value string) {
+	if !safeHeader(name) || !safeHeader(value) {
+		return
+	}
+	w.header = append(w.header, name...)
+	w.header = append(w.header, ": "...)
+	w.header = append(w.header, value...)
+	w.header = append(w.header, "\r\n"...)
+}
+
+// Close asks for the connection to be closed after this response.
+func (w *Response) Close() { w.close = true }
+
+// Write appends p to the body.
+func (w *Response) Write(p []byte) (int, error) {
+	w.body = append(w.body, p...)
+	return len(p), nil
+}
+
+// WriteString appends s to the body.
+func (w *Response) WriteString(s string) (int, error) {
+	w.body = append(w.body, s...)
+	return len(s), nil
+}
+
+func (w *Response) reset() {
+	w.status, w.contentType, w.close = 200, "", false
+	w.header, w.body = w.header[:0], w.body[:0]
+}
+
+func safeHeader(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\r' || s[i] == '\n' || s[i] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// appendResponse serialises w as the answer to r onto dst.
+func appendResponse(dst []byte, w *Response, r *Request, date []byte) []byte {
+	dst = appendStatusLine(dst, w.status)
+	dst = append(dst, "Server: procpool\r\nDate: "...)
+	dst = append(dst, date...)
+	dst = append(dst, "\r\n"...)
+	if w.contentType != "" {
+		dst = append(dst, "Content-Type: "...)
+		dst = append(dst, w.contentType...)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, w.header...)
+	bodyless := w.status == 204 || w.status == 304 || w.status < 200
+	if !bodyless {
+		dst = append(dst, "Content-Length: "...)
+		dst = strconv.AppendInt(dst, int64(len(w.body)), 10)
+		dst = append(dst, "\r\n"...)
+	}
+	switch {
+	case r.close:
+		dst = append(dst, "Connection: close\r\n"...)
+	case r.Minor == 0:
+		dst = append(dst, "Connection: keep-alive\r\n"...)
+	}
+	dst = append(dst, "\r\n"...)
+	if !bodyless && !isHead(r.Method) {
+		dst = append(dst, w.body...)
+	}
+	return dst
+}
+
+// appendError serialises the answer to a request that could not be parsed.
+func appendError(dst []byte, status int, date []byte) []byte {
+	dst = appendStatusLine(dst, status)
+	dst = append(dst, "Server: procpool\r\nDate: "...)
+	dst = append(dst, date...)
+	dst = append(dst, "\r\nContent-Type: text/plain\r\nContent-Length: "...)
+	text := statusText(status)
+	dst = strconv.AppendInt(dst, int64(len(text)+1), 10)
+	dst = append(dst, "\r\nConnection: close\r\n\r\n"...)
+	dst = append(dst, text...)
+	return append(dst, '\n')
+}
+
+func isHead(m []byte) bool { return string(m) == "HEAD" }
+
+func appendStatusLine(dst []byte, code int) []byte {
+	dst = append(dst, "HTTP/1.1 "...)
+	dst = strconv.AppendInt(dst, int64(code), 10)
+	dst = append(dst, ' ')
+	dst = append(dst, statusText(code)...)
+	return append(dst, "\r\n"...)
+}
+
+func statusText(code int) string {
+	switch code {
+	case 100:
+		return "Continue"
+	case 200:
+		return "OK"
+	case 201:
+		return "Created"
+	case 204:
+		return "No Content"
+	case 301:
+		return "Moved Permanently"
+	case 302:
+		return "Found"
+	case 304:
+		return "Not Modified"
+	case 400:
+		return "Bad Request"
+	case 403:
+		return "Forbidden"
+	case 404:
+		return "Not Found"
+	case 405:
+		return "Method Not Allowed"
+	case 408:
+		return "Request Timeout"
+	case 413:
+		return "Content Too Large"
+	case 414:
+		return "URI Too Long"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 500:
+		return "Internal Server Error"
+	case 501:
+		return "Not Implemented"
+	case 503:
+		return "Service Unavailable"
+	case 505:
+		return "HTTP Version Not Supported"
+	}
+	return "Status"
+}
+
+// clock keeps the Date header, formatted once a second.
+type clock struct {
+	sec  int64
+	now  time.Time
+	date []byte
+}
+
+// tick reads the time and reformats the Date header when the second changed.
+func (c *clock) tick() {
+	c.now = time.Now()
+	if s := c.now.Unix(); s != c.sec {
+		c.sec = s
+		c.date = c.now.UTC().AppendFormat(c.date[:0], "Mon, 02 Jan 2006 15:04:05 GMT")
+	}
+}

@@ -1,0 +1,289 @@
+package child
+
+import (
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// session is everything needed to serve connections on one thread: the loop
+// has one, and in pool mode so does every worker. Its buffers are shared by
+// all the connections it serves, one event at a time.
+type session struct {
+	h        Handler
+	lim      *Limits
+	to       *Timeouts
+	draining *atomic.Bool
+	clk      clock
+	rbuf     []byte // every read lands here unless a partial request waits
+	wbuf     []byte // the responses of one event, sent with one write
+	req      Request
+	resp     Response
+}
+
+const (
+	readSize = 64 << 10
+	// maxBatch stops parsing pipelined requests once this much output waits,
+	// so a deep pipeline cannot grow the write buffer without bound.
+	maxBatch = 64 << 10
+	// lingerBytes bounds what a rejected client may still send us.
+	lingerBytes = 64 << 10
+)
+
+func newSession(h Handler, lim *Limits, to *Timeouts, draining *atomic.Bool) *session {
+	s := &session{
+		h: h, lim: lim, to: to, draining: draining,
+		rbuf: make([]byte, readSize),
+		wbuf: make([]byte, 0, maxBatch+bufSize),
+		req:  Request{headers: make([]field, 0, 32)},
+	}
+	s.clk.tick()
+	return s
+}
+
+// process answers the complete requests at the start of in, appending their
+// responses to out. It stops at the first incomplete request, after a
+// request that closes the connection, or once out holds maxBatch bytes.
+// It returns how much of in it consumed.
+func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
+	done := 0
+	for done < len(in) && len(out) < maxBatch {
+		n, status := parse(in[done:], &s.req, s.lim, &c.need)
+		if status != 0 {
+			return done, appendError(out, status, s.clk.date), vReject
+		}
+		if n == 0 {
+			if s.req.expect && !c.continued && s.req.Method != nil {
+				// The client waits for this before it sends the body.
+				out = append(out, "HTTP/1.1 100 Continue\r\n\r\n"...)
+				c.continued = true
+			}
+			if c.reqStarted == 0 {
+				c.reqStarted = s.clk.now.UnixNano()
+			}
+			break
+		}
+		done += n
+		c.need, c.continued, c.reqStarted = 0, false, 0
+		if s.draining.Load() {
+			s.req.close = true
+		}
+		s.resp.reset()
+		s.h.Serve(&s.resp, &s.req)
+		if s.resp.close {
+			s.req.close = true
+		}
+		out = appendResponse(out, &s.resp, &s.req, s.clk.date)
+		if s.req.close {
+			return done, out, vClose
+		}
+	}
+	if done < len(in) && len(out) >= maxBatch && c.reqStarted == 0 {
+		return done, out, vMore
+	}
+	return done, out, vKeep
+}
+
+// onReadable reads once and answers what arrived.
+func (s *session) onReadable(c *conn) action {
+	s.clk.tick()
+	if c.state == stLinger {
+		return s.discard(c)
+	}
+	own := c.in != nil
+	buf := s.rbuf
+	if own {
+		if len(c.in) == cap(c.in) {
+			if !s.growInput(c) {
+				return s.reject(c, 413)
+			}
+		}
+		buf = c.in[len(c.in):cap(c.in)]
+	}
+	n, err := sysRead(c.fd, buf)
+	switch {
+	case err == unix.EAGAIN:
+		return aRead
+	case err != nil || n == 0:
+		return aClose // EOF, reset or a real error: nothing left to answer
+	}
+	if own {
+		c.in = c.in[:len(c.in)+n]
+		return s.answer(c, c.in, true)
+	}
+	return s.answer(c, s.rbuf[:n], false)
+}
+
+// growInput makes room in c.in for the rest of a large request. It refuses
+// once the request could not fit any limit.
+func (s *session) growInput(c *conn) bool {
+	max := s.lim.MaxRequestLine + s.lim.MaxHeaderBytes + 2*int(s.lim.MaxBody) + bufSize
+	if len(c.in) >= max {
+		return false
+	}
+	size := 2 * cap(c.in)
+	if c.need > size {
+		size = c.need
+	}
+	size = min(size, max)
+	b := append(make([]byte, 0, size), c.in...)
+	putBuf(c.in)
+	c.in = b
+	return true
+}
+
+// answer parses in (c.in when own, else the shared read buffer), writes the
+// responses with one write and decides what the connection waits for next.
+func (s *session) answer(c *conn, in []byte, own bool) action {
+	for {
+		if c.need > len(in) {
+			return s.keepPartial(c, in, own)
+		}
+		done, out, v := s.process(c, in, s.wbuf[:0])
+		in = in[done:]
+		if len(out) > 0 {
+			w, err := sysWrite(c.fd, out)
+			if err != nil && err != unix.EAGAIN {
+				return aClose
+			}
+			if w < len(out) {
+				s.keepPartial(c, in, own)
+				c.out = append(getBuf(len(out)-w), out[w:]...)
+				c.after = v
+				c.deadline = s.clk.now.Add(s.to.Write).UnixNano()
+				return aWrite
+			}
+		}
+		s.shrinkOut(out)
+		switch v {
+		case vReject:
+			s.keepPartial(c, nil, false)
+			return s.startLinger(c)
+		case vClose:
+			if len(in) > 0 {
+				// The client sent more after its last request: closing now
+				// would reset the connection before it reads the answer.
+				s.keepPartial(c, nil, false)
+				return s.startLinger(c)
+			}
+			return aClose
+		}
+		if v != vMore {
+			return s.keepPartial(c, in, own)
+		}
+	}
+}
+
+// keepPartial stores the unparsed rest in c.in (or frees c.in when there is
+// none) and sets the read deadline that fits what the connection waits for.
+// own says that rest lies inside c.in rather than in the shared read buffer.
+func (s *session) keepPartial(c *conn, rest []byte, own bool) action {
+	switch {
+	case len(rest) == 0:
+		if c.in != nil {
+			putBuf(c.in)
+			c.in = nil
+		}
+	case own:
+		c.in = c.in[:copy(c.in, rest)] // copy is a memmove: overlap is fine
+	default:
+		c.in = append(getBuf(max(len(rest), c.need)), rest...)
+	}
+	now := s.clk.now
+	switch {
+	case c.in == nil:
+		c.deadline = now.Add(s.to.Idle).UnixNano()
+	case c.need > 0:
+		c.deadline = now.Add(s.to.Body).UnixNano() // headers done, body arriving
+	default:
+		c.deadline = c.reqStarted + int64(s.to.Header)
+	}
+	return aRead
+}
+
+// onWritable sends the rest of a response and, once it is out, goes on with
+// what the connection had buffered meanwhile.
+func (s *session) onWritable(c *conn) action {
+	s.clk.tick()
+	w, err := sysWrite(c.fd, c.out)
+	if err != nil && err != unix.EAGAIN {
+		return aClose
+	}
+	if w < len(c.out) {
+		c.out = c.out[:copy(c.out, c.out[w:])]
+		c.deadline = s.clk.now.Add(s.to.Write).UnixNano()
+		return aWrite
+	}
+	putBuf(c.out)
+	c.out = nil
+	switch c.after {
+	case vReject:
+		s.keepPartial(c, nil, false)
+		return s.startLinger(c)
+	case vClose:
+		if c.in != nil {
+			s.keepPartial(c, nil, false)
+			return s.startLinger(c)
+		}
+		return aClose
+	}
+	if c.in != nil {
+		return s.answer(c, c.in, true)
+	}
+	return s.keepPartial(c, nil, false)
+}
+
+// reject answers status and starts a staged close.
+func (s *session) reject(c *conn, status int) action {
+	out := appendError(s.wbuf[:0], status, s.clk.date)
+	s.keepPartial(c, nil, false)
+	w, err := sysWrite(c.fd, out)
+	if err != nil && err != unix.EAGAIN {
+		return aClose
+	}
+	if w < len(out) {
+		c.out = append(getBuf(len(out)-w), out[w:]...)
+		c.after = vReject
+		return aWrite
+	}
+	return s.startLinger(c)
+}
+
+// startLinger shuts down our side so the client reads its answer and an EOF,
+// then keeps reading (and discarding) for a bounded time and size, so that
+// data still in flight does not make the kernel reset the connection before
+// the client has read the answer (RFC 9112 §9.6).
+func (s *session) startLinger(c *conn) action {
+	if err := unix.Shutdown(c.fd, unix.SHUT_WR); err != nil {
+		return aClose
+	}
+	c.state = stLinger
+	c.linger = lingerBytes
+	c.deadline = s.clk.now.Add(s.to.Linger).UnixNano()
+	return aRead
+}
+
+func (s *session) discard(c *conn) action {
+	n, err := sysRead(c.fd, s.rbuf)
+	switch {
+	case err == unix.EAGAIN:
+		return aRead
+	case err != nil || n == 0:
+		return aClose
+	}
+	c.linger -= n
+	if c.linger <= 0 {
+		return aClose
+	}
+	return aRead
+}
+
+// shrinkOut drops a write buffer that a large response grew, so one big
+// answer does not pin its memory for the life of the child.
+func (s *session) shrinkOut(out []byte) {
+	if cap(out) > 4*(maxBatch+bufSize) {
+		s.wbuf = make([]byte, 0, maxBatch+bufSize)
+	} else {
+		s.wbuf = out[:0]
+	}
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/procpool/procpool/child"
+	"github.com/procpool/procpool/master"
+)
+
+// settings are the effective values of every flag, after the config file.
+type settings struct {
+	listen   string
+	workers  int
+	mode     string
+	affinity bool
+	config   string
+	backlog  int
+	grace    time.Duration
+	pool     int
+	limits   child.Limits
+	timeouts child.Timeouts
+	signal   string
+
+	// args holds the command line as given, so that a reload can apply it
+	// again over a re-read config file: the command line always wins.
+	args []string
+	fs   *flag.FlagSet // bound to the fields above
+}
+
+// childFlags are the settings a child needs; they are passed on explicitly.
+var childFlags = []string{"listen", "workers", "mode", "affinity", "pool",
+	"max-request-line", "max-header-bytes", "max-headers", "max-body",
+	"header-timeout", "body-timeout", "idle-timeout", "write-timeout", "linger-timeout"}
+
+// usageError is a bad flag, config line or value: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func newFlagSet(s *settings) *flag.FlagSet {
+	fs := flag.NewFlagSet("procpool", flag.ContinueOnError)
+	fs.StringVar(&s.listen, "listen", "127.0.0.1:8080", "`address` to serve")
+	fs.IntVar(&s.workers, "workers", runtime.NumCPU(), "number of child processes")
+	fs.StringVar(&s.mode, "mode", master.ModeFdpass, "how connections reach children: fdpass or reuseport")
+	fs.BoolVar(&s.affinity, "affinity", true, "pin child i to CPU i mod the number of CPUs")
+	fs.StringVar(&s.config, "config", "", "config `file` of key = value lines (the flag names); re-read on SIGHUP")
+	fs.IntVar(&s.backlog, "backlog", 0, "listen backlog (0: the kernel's maximum, net.core.somaxconn)")
+	fs.DurationVar(&s.grace, "grace", 10*time.Second, "how long a graceful stop waits for open requests")
+	fs.IntVar(&s.pool, "pool", 0, "worker goroutines per child for blocking handlers (0: handlers run inline in the event loop)")
+	fs.IntVar(&s.limits.MaxRequestLine, "max-request-line", child.DefaultLimits.MaxRequestLine, "longest request line in bytes (414 beyond)")
+	fs.IntVar(&s.limits.MaxHeaderBytes, "max-header-bytes", child.DefaultLimits.MaxHeaderBytes, "largest header block in bytes (431 beyond)")
+	fs.IntVar(&s.limits.MaxHeaders, "max-headers", child.DefaultLimits.MaxHeaders, "most header fields in a request (431 beyond)")
+	fs.Int64Var(&s.limits.MaxBody, "max-body", child.DefaultLimits.MaxBody, "largest request body in bytes (413 beyond)")
+	fs.DurationVar(&s.timeouts.Header, "header-timeout", child.DefaultTimeouts.Header, "time to receive a request's headers")
+	fs.DurationVar(&s.timeouts.Body, "body-timeout", child.DefaultTimeouts.Body, "time between two reads of a request body")
+	fs.DurationVar(&s.timeouts.Idle, "idle-timeout", child.DefaultTimeouts.Idle, "how long an idle keep-alive connection stays open")
+	fs.DurationVar(&s.timeouts.Write, "write-timeout", child.DefaultTimeouts.Write, "time between two writes that make progress")
+	fs.DurationVar(&s.timeouts.Linger, "linger-timeout", child.DefaultTimeouts.Linger, "how long a rejected client is drained before the close")
+	fs.StringVar(&s.signal, "s", "", "send `signal` to the running master: stop, quit, reload, reopen, upgrade")
+	return fs
+}
+
+// parseSettings applies the command line, then the config file for every key
+// the command line did not set, then validates the result.
+func parseSettings(args []string, stderr io.Writer) (*settings, error) {
+	s := &settings{args: args}
+	fs := newFlagSet(s)
+	s.fs = fs
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return nil, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	if s.config != "" {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if err := applyConfig(fs, s.config, set); err != nil {
+			return nil, err
+		}
+	}
+	return s, s.validate()
+}
+
+// applyConfig reads key = value lines; # starts a comment.
+func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return &usageError{fmt.Sprintf("config: %v", err)}
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		key, value, ok := strings.Cut(line, "=")
+		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
+		bad := func(why string) error {
+			return &usageError{fmt.Sprintf("config %s line %d: %s", path, n, why)}
+		}
+		switch {
+		case !ok || key == "":
+			return bad(fmt.Sprintf("want key = value, got %q", line))
+		case key == "config" || key == "s" || fs.Lookup(key) == nil:
+			return bad(fmt.Sprintf("unknown key %q", key))
+		case skip[key]:
+			continue
+		}
+		if err := fs.Set(key, value); err != nil {
+			return bad(fmt.Sprintf("%s: %v", key, err))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return &usageError{fmt.Sprintf("config %s: %v", path, err)}
+	}
+	return nil
+}
+
+func (s *settings) validate() error {
+	bad := func(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+	switch {
+	case s.mode != master.ModeFdpass && s.mode != master.ModeReuseport:
+		return bad("-mode: want fdpass or reuseport, got %q", s.mode)
+	case s.workers < 1 || s.workers > 1024:
+		return bad("-workers: want 1 to 1024, got %d", s.workers)
+	case s.pool < 0 || s.pool > 10000:
+		return bad("-pool: want 0 to 10000, got %d", s.pool)
+	case s.backlog < 0:
+		return bad("-backlog: must not be negative")
+	case s.grace < 0:
+		return bad("-grace: must not be negative")
+	case s.limits.MaxRequestLine < 64, s.limits.MaxHeaderBytes < 64, s.limits.MaxHeaders < 1, s.limits.MaxBody < 0:
+		return bad("limits: -max-request-line and -max-header-bytes want at least 64, -max-headers at least 1, -max-body at least 0")
+	case s.timeouts.Header <= 0 || s.timeouts.Body <= 0 || s.timeouts.Idle <= 0 || s.timeouts.Write <= 0 || s.timeouts.Linger <= 0:
+		return bad("timeouts must be positive")
+	}
+	if _, _, err := splitAddr(s.listen); err != nil {
+		return bad("-listen: %v", err)
+	}
+	if s.signal != "" {
+		if _, ok := master.SignalByName(s.signal); !ok {
+			return bad("-s: want stop, quit, reload, reopen or upgrade, got %q", s.signal)
+		}
+	}
+	return nil
+}
+
+func splitAddr(addr string) (string, int, error) {
+	i := strings.LastIndexByte(addr, ':')
+	if i < 0 {
+		return "", 0, fmt.Errorf("want host:port, got %q", addr)
+	}
+	port, err := strconv.Atoi(addr[i+1:])
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", addr)
+	}
+	return addr[:i], port, nil
+}
+
+// childArgs are the flags a child is started with: every effective value a
+// child uses, so the child never reads the config file itself.
+func (s *settings) childArgs() []string {
+	args := make([]string, 0, len(childFlags))
+	for _, name := range childFlags {
+		args = append(args, "-"+name+"="+s.fs.Lookup(name).Value.String())
+	}
+	return args
+}

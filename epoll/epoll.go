@@ -1,0 +1,93 @@
+// Package epoll is a thin, allocation-free wrapper over the Linux epoll API.
+//
+// A Poller knows nothing about connections: it registers file descriptors with
+// an event mask and reports which of them are ready. The fd travels in the
+// event's Fd field, so callers index their own tables with it.
+package epoll
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Event masks, named after what a caller asks for.
+const (
+	In      = unix.EPOLLIN
+	Out     = unix.EPOLLOUT
+	RDHup   = unix.EPOLLRDHUP
+	Err     = unix.EPOLLERR
+	Hup     = unix.EPOLLHUP
+	OneShot = unix.EPOLLONESHOT
+)
+
+// Event is one readiness report; Fd is the descriptor that was registered.
+type Event = unix.EpollEvent
+
+// Readable reports whether the event allows a read to make progress; errors and
+// hang-ups count, because the read is what reports them.
+func Readable(e *Event) bool { return e.Events&(In|RDHup|Err|Hup) != 0 }
+
+// Writable reports whether the event allows a write to make progress.
+func Writable(e *Event) bool { return e.Events&(Out|Err|Hup) != 0 }
+
+// Poller owns one epoll instance.
+type Poller struct {
+	fd int
+}
+
+// Open creates a poller whose descriptor is closed on exec.
+func Open() (*Poller, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	return &Poller{fd: fd}, nil
+}
+
+// Fd returns the epoll descriptor itself.
+func (p *Poller) Fd() int { return p.fd }
+
+// Add registers fd for events.
+func (p *Poller) Add(fd int, events uint32) error {
+	return p.ctl(unix.EPOLL_CTL_ADD, fd, events)
+}
+
+// Rearm replaces the mask of a registered fd (EPOLL_CTL_MOD). With OneShot it
+// is what hands the fd back to the kernel after its event was handled.
+func (p *Poller) Rearm(fd int, events uint32) error {
+	return p.ctl(unix.EPOLL_CTL_MOD, fd, events)
+}
+
+// Delete removes fd from the set. Closing an fd removes it as well, as long as
+// no other descriptor refers to the same open file.
+func (p *Poller) Delete(fd int) error {
+	return p.ctl(unix.EPOLL_CTL_DEL, fd, 0)
+}
+
+func (p *Poller) ctl(op, fd int, events uint32) error {
+	ev := Event{Events: events, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.fd, op, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// Wait fills events with ready fds and returns how many. msec < 0 waits
+// forever, 0 polls. An interrupted wait returns 0 and no error, so the caller's
+// loop simply goes round again (and checks its flags).
+func (p *Poller) Wait(events []Event, msec int) (int, error) {
+	n, err := unix.EpollWait(p.fd, events, msec)
+	if err == unix.EINTR {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, os.NewSyscallError("epoll_wait", err)
+	}
+	return n, nil
+}
+
+// Close releases the epoll instance. Registered fds stay open.
+func (p *Poller) Close() error {
+	return unix.Close(p.fd)
+}

@@ -1,0 +1,82 @@
+package ipc
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// MsgSize is the size in bytes of every message on a channel.
+const MsgSize = 16
+
+// MaxFds is the most descriptors one message carries (SCM_MAX_FD in the kernel).
+const MaxFds = 253
+
+// Cmd names what a message asks for or announces.
+type Cmd uint32
+
+// Commands. The zero value is never sent, so a zeroed buffer is not a message.
+const (
+	CmdFds    Cmd = iota + 1 // master → child: accepted connections attached
+	CmdReady                 // child → master: initialised, send me work
+	CmdDrain                 // master → child: stop taking work, finish, exit 0
+	CmdStop                  // master → child: exit now
+	CmdReopen                // master → child: reopen log files
+	cmdLimit
+)
+
+var cmdNames = [...]string{
+	CmdFds:    "fds",
+	CmdReady:  "ready",
+	CmdDrain:  "drain",
+	CmdStop:   "stop",
+	CmdReopen: "reopen",
+}
+
+func (c Cmd) String() string {
+	if c > 0 && c < cmdLimit {
+		return cmdNames[c]
+	}
+	return fmt.Sprintf("cmd(%d)", uint32(c))
+}
+
+// Msg is one channel message.
+type Msg struct {
+	Cmd  Cmd
+	Pid  int32
+	Slot int32
+	Arg  uint32
+}
+
+// ErrBadMsg reports a message that is not MsgSize bytes, names an unknown
+// command, or whose fd count does not match what it carries.
+var ErrBadMsg = errors.New("ipc: malformed channel message")
+
+// Marshal writes m into b, which must hold MsgSize bytes.
+func (m Msg) Marshal(b []byte) {
+	_ = b[MsgSize-1]
+	binary.NativeEndian.PutUint32(b[0:], uint32(m.Cmd))
+	binary.NativeEndian.PutUint32(b[4:], uint32(m.Pid))
+	binary.NativeEndian.PutUint32(b[8:], uint32(m.Slot))
+	binary.NativeEndian.PutUint32(b[12:], m.Arg)
+}
+
+// Unmarshal parses b and checks that it is a well-formed message.
+func Unmarshal(b []byte) (Msg, error) {
+	if len(b) != MsgSize {
+		return Msg{}, ErrBadMsg
+	}
+	m := Msg{
+		Cmd:  Cmd(binary.NativeEndian.Uint32(b[0:])),
+		Pid:  int32(binary.NativeEndian.Uint32(b[4:])),
+		Slot: int32(binary.NativeEndian.Uint32(b[8:])),
+		Arg:  binary.NativeEndian.Uint32(b[12:]),
+	}
+	if m.Cmd == 0 || m.Cmd >= cmdLimit {
+		return Msg{}, ErrBadMsg
+	}
+	if m.Cmd == CmdFds && (m.Arg == 0 || m.Arg > MaxFds) {
+		return Msg{}, ErrBadMsg
+	}
+	return m, nil
+}

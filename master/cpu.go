@@ -1,0 +1,52 @@
+package master
+
+import (
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// allowedCPUs lists the CPUs this process may run on, in order. Child i is
+// pinned to the i-th of them (mod their count), so pinning respects a
+// cpuset or taskset the master was started under.
+func allowedCPUs() []int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil
+	}
+	var cpus []int
+	for i := 0; i < len(set)*64; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	return cpus
+}
+
+// forkExecPinned starts a process confined to cpu (none when cpu < 0).
+//
+// Affinity in Linux belongs to a thread, and a Go process has many, so pinning
+// from inside the child would race with the runtime starting threads. A new
+// process instead inherits the mask of the thread that forks it: the master's
+// loop thread (locked by Run) narrows its own mask, forks, and restores it.
+// Every thread of the child, the runtime's included, then starts pinned.
+func forkExecPinned(cpu int, path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+	if cpu < 0 {
+		return syscall.ForkExec(path, argv, attr)
+	}
+	var old, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return 0, os.NewSyscallError("sched_getaffinity", err)
+	}
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		return 0, os.NewSyscallError("sched_setaffinity", err)
+	}
+	pid, err := syscall.ForkExec(path, argv, attr)
+	// Restoring a mask the thread already had cannot fail in practice; if it
+	// did, the master would only run on one CPU, which is no reason to fail
+	// a spawn that happened.
+	unix.SchedSetaffinity(0, &old)
+	return pid, err
+}

@@ -1,0 +1,149 @@
+package master
+
+import (
+	"time"
+
+	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// maxAccept bounds one accept burst so signals and children are heard
+	// between bursts under a flood.
+	maxAccept = 256
+	// maxQueue is how many accepted connections may wait in the master when
+	// every child's channel is full; past it the master stops accepting and
+	// lets the kernel's backlog hold the rest.
+	maxQueue = 1024
+	// emfilePause is how long accepting rests when the fd table is full.
+	emfilePause = 100 * time.Millisecond
+)
+
+// accept takes every pending connection (up to maxAccept) into the queue.
+func (m *Master) accept() {
+	for i := 0; i < maxAccept && len(m.queue) < maxQueue; i++ {
+		fd, err := accept4(m.lfd)
+		switch err {
+		case nil:
+			m.queue = append(m.queue, fd)
+			continue
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // the client gave up while queued; take the next one
+		case unix.EAGAIN:
+		case unix.EMFILE, unix.ENFILE:
+			// Out of fds: the connection stays in the backlog. Rest instead
+			// of spinning on a listener that stays readable.
+			now := time.Now()
+			m.pausedUntil = now.Add(emfilePause)
+			if now.Sub(m.lastEMFILE) >= time.Second {
+				m.lastEMFILE = now
+				m.log.Error("accept: out of file descriptors, pausing", "err", err)
+			}
+		default:
+			m.log.Error("accept", "err", err)
+		}
+		return
+	}
+}
+
+// dispatch deals the queued connections round-robin to the target children
+// and sends each child its share in as few messages as possible. A child
+// whose channel is full is skipped; its share goes to the next. What no
+// child can take stays queued for a later turn.
+func (m *Master) dispatch() {
+	for len(m.queue) > 0 {
+		dealt := 0
+		for _, fd := range m.queue {
+			k := m.next()
+			if k == nil {
+				break
+			}
+			k.batch = append(k.batch, fd)
+			dealt++
+		}
+		if dealt == 0 {
+			return
+		}
+		m.queue = append(m.queue[:0], m.queue[dealt:]...)
+		returned := false
+		for _, k := range m.targets {
+			if len(k.batch) > 0 && m.send(k) {
+				returned = true
+			}
+		}
+		if !returned {
+			return
+		}
+	}
+}
+
+// next picks the next target child with room, round-robin.
+func (m *Master) next() *kid {
+	for range m.targets {
+		k := m.targets[m.rr%len(m.targets)]
+		m.rr++
+		if !k.full {
+			return k
+		}
+	}
+	return nil
+}
+
+// send delivers k.batch. It reports whether some fds could not be sent; those
+// go back to the queue.
+func (m *Master) send(k *kid) bool {
+	b := k.batch
+	for len(b) > 0 {
+		n := min(len(b), ipc.MaxFds)
+		err := k.ch.Send(ipc.Msg{Cmd: ipc.CmdFds, Pid: int32(k.pid), Slot: int32(k.slot)}, b[:n])
+		if err != nil {
+			if err != ipc.ErrAgain {
+				m.log.Error("send to child", "pid", k.pid, "err", err)
+			}
+			// Full (or broken, and about to be reaped): skip it until its
+			// channel drains.
+			k.full = true
+			m.poller.Rearm(k.ch.Fd, epoll.In|epoll.Out)
+			break
+		}
+		for _, fd := range b[:n] {
+			unix.Close(fd) // the child holds its own reference now
+		}
+		b = b[n:]
+	}
+	m.queue = append(m.queue, b...)
+	k.batch = k.batch[:0]
+	return len(b) > 0
+}
+
+// updateAccepting keeps the listening socket in the poll set only while
+// there is somewhere to put new connections.
+func (m *Master) updateAccepting(now time.Time) {
+	want := m.stopping == running && m.lfd >= 0 && m.cfg.Mode == ModeFdpass &&
+		len(m.targets) > 0 && len(m.queue) < maxQueue && !now.Before(m.pausedUntil)
+	if want == m.accepting {
+		return
+	}
+	var err error
+	if want {
+		err = m.poller.Add(m.lfd, epoll.In)
+	} else {
+		err = m.poller.Delete(m.lfd)
+	}
+	if err != nil {
+		m.log.Error("listener poll registration", "err", err)
+		return
+	}
+	m.accepting = want
+}
+
+// accept4 accepts without asking for the peer address, which would allocate.
+func accept4(lfd int) (int, error) {
+	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0,
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(fd), nil
+}

@@ -1,0 +1,435 @@
+package master
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+type kidState uint8
+
+const (
+	starting kidState = iota // spawned, not yet ready
+	ready                    // serving
+	draining                 // told to finish and exit
+)
+
+var stateNames = [...]string{starting: "starting", ready: "ready", draining: "draining"}
+
+func (s kidState) String() string { return stateNames[s] }
+
+// kid is one child process as the master sees it.
+type kid struct {
+	pid, slot, gen, cpu int
+	ch                  *ipc.Channel // the master's end
+	// peer is the child's end of the channel. The master keeps it open so
+	// that, if the child dies, the connections still queued for it can be
+	// taken back out of the socket and given to another child.
+	peer    int
+	state   kidState
+	started time.Time
+	batch   []int // fds dealt to this child in this turn
+	full    bool  // its channel returned EAGAIN; wait for EPOLLOUT
+	killed  bool
+}
+
+func (k *kid) closeChannel() {
+	if k.ch != nil {
+		k.ch.Close()
+		k.ch = nil
+	}
+	if k.peer >= 0 {
+		unix.Close(k.peer)
+		k.peer = -1
+	}
+}
+
+// slotState is the respawn bookkeeping of one slot of the pool.
+type slotState struct {
+	failures  int       // quick deaths in a row
+	respawnAt time.Time // zero: spawn when missing
+	fatal     bool      // a child exited with status 2: do not respawn
+}
+
+const (
+	backoffBase = 100 * time.Millisecond
+	backoffMax  = 5 * time.Second
+	// A child that lived this long did not die "at start".
+	healthyAfter = 2 * time.Second
+)
+
+func (m *Master) setWorkers(n int) {
+	n = max(n, 1)
+	for len(m.slots) < n {
+		m.slots = append(m.slots, slotState{})
+	}
+	m.slots = m.slots[:n]
+}
+
+// maintain starts a child in every slot of the current generation that has
+// none, once its backoff has passed.
+func (m *Master) maintain(now time.Time) {
+	for slot := range m.slots {
+		st := &m.slots[slot]
+		if m.hasKid(slot, m.gen) {
+			st.respawnAt = time.Time{}
+			continue
+		}
+		if st.fatal || now.Before(st.respawnAt) {
+			continue
+		}
+		st.respawnAt = time.Time{}
+		if err := m.spawn(slot); err != nil {
+			m.log.Error("spawn failed", "slot", slot, "err", err)
+			m.backoff(st, now)
+		}
+	}
+	if !m.anyAlive() && m.allFatal() {
+		m.log.Error("every child failed fatally; stopping")
+		m.stop(fast)
+	}
+}
+
+func (m *Master) hasKid(slot, gen int) bool {
+	for _, k := range m.kids {
+		if k.slot == slot && k.gen == gen && k.state != draining {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *Master) anyAlive() bool { return len(m.kids) > 0 }
+
+func (m *Master) allFatal() bool {
+	for _, st := range m.slots {
+		if !st.fatal {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Master) backoff(st *slotState, now time.Time) {
+	st.failures++
+	d := backoffBase << min(st.failures-1, 10)
+	st.respawnAt = now.Add(min(d, backoffMax))
+}
+
+// spawn starts a child for slot in the current generation: the same binary,
+// re-executed, with its channel as fd 3.
+func (m *Master) spawn(slot int) error {
+	mfd, cfd, err := ipc.Pair()
+	if err != nil {
+		return err
+	}
+	cpu := -1
+	if m.cfg.Affinity && len(m.cpus) > 0 {
+		cpu = m.cpus[slot%len(m.cpus)]
+	}
+	env := childEnv(slot, m.gen, m.addr)
+	attr := &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{uintptr(m.null), uintptr(os.Stderr.Fd()), uintptr(os.Stderr.Fd()), uintptr(cfd)},
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	}
+	// /proc/self/exe is this master's own binary even if the file on disk
+	// was replaced since: children always run the master's code.
+	argv := append([]string{"procpool"}, m.cfg.Args...)
+	pid, err := forkExecPinned(cpu, "/proc/self/exe", argv, attr)
+	if err != nil {
+		unix.Close(mfd)
+		unix.Close(cfd)
+		return err
+	}
+	k := &kid{pid: pid, slot: slot, gen: m.gen, cpu: cpu, ch: ipc.NewChannel(mfd), peer: cfd,
+		state: starting, started: time.Now()}
+	if err := m.poller.Add(mfd, epoll.In); err != nil {
+		// Without its channel the child is useless; it will see EOF and exit.
+		unix.Kill(pid, unix.SIGKILL)
+		k.closeChannel()
+		m.kids = append(m.kids, k) // still reaped through SIGCHLD
+		k.state = draining
+		return err
+	}
+	m.kids = append(m.kids, k)
+	m.log.Info("child spawned", "pid", pid, "slot", slot, "gen", m.gen, "cpu", cpu)
+	return nil
+}
+
+func childEnv(slot, gen int, addr string) []string {
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "PROCPOOL_") {
+			env = append(env, e)
+		}
+	}
+	return append(env, fmt.Sprintf("%s=%d", EnvSlot, slot), fmt.Sprintf("%s=%d", EnvGen, gen),
+		EnvListen+"="+addr)
+}
+
+// reap collects every exited child. Only Wait4(-1, WNOHANG) is used, so no
+// exit status is ever taken by anyone else.
+func (m *Master) reap() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return
+		}
+		k := m.kidByPid(pid)
+		if k == nil {
+			m.log.Info("reaped a process that is not a child", append([]any{"pid", pid}, exitDesc(ws)...)...)
+			continue
+		}
+		m.bury(k)
+		expected := k.state == draining || m.stopping != running
+		args := append([]any{"pid", pid, "slot", k.slot, "gen", k.gen}, exitDesc(ws)...)
+		switch {
+		case expected:
+			m.log.Info("child exited", args...)
+		case ws.Exited() && ws.ExitStatus() == 2:
+			m.log.Error("child failed fatally, not respawning its slot", args...)
+			if k.slot < len(m.slots) && k.gen == m.gen {
+				m.slots[k.slot].fatal = true
+			}
+		default:
+			m.log.Warn("child died unexpectedly", args...)
+			if k.slot < len(m.slots) && k.gen == m.gen {
+				st := &m.slots[k.slot]
+				if time.Since(k.started) < healthyAfter {
+					m.backoff(st, time.Now())
+					m.log.Warn("respawn backoff", "slot", k.slot, "failures", st.failures,
+						"delay", time.Until(st.respawnAt).Round(time.Millisecond))
+				} else {
+					st.failures = 0
+				}
+			}
+		}
+	}
+}
+
+// bury forgets a dead child. Connections that were sent to it but never read
+// are still queued in its end of the socketpair: take them back and deal them
+// to the others.
+func (m *Master) bury(k *kid) {
+	m.queue = append(m.queue, k.batch...)
+	k.batch = k.batch[:0]
+	if k.peer >= 0 {
+		peer, recovered := ipc.NewChannel(k.peer), 0
+		for {
+			_, fds, err := peer.Recv(m.fds)
+			if err == ipc.ErrBadMsg || err == ipc.ErrTruncated {
+				continue // Recv closed what came with it
+			}
+			if err != nil {
+				break // ErrAgain: nothing more is queued
+			}
+			m.queue = append(m.queue, fds...)
+			recovered += len(fds)
+		}
+		if recovered > 0 {
+			m.log.Info("recovered connections of a dead child", "pid", k.pid, "fds", recovered)
+		}
+	}
+	k.closeChannel()
+	for i, x := range m.kids {
+		if x == k {
+			m.kids = append(m.kids[:i], m.kids[i+1:]...)
+			break
+		}
+	}
+	m.retarget()
+}
+
+func (m *Master) kidByPid(pid int) *kid {
+	for _, k := range m.kids {
+		if k.pid == pid {
+			return k
+		}
+	}
+	return nil
+}
+
+func (m *Master) kidByChannel(fd int) *kid {
+	for _, k := range m.kids {
+		if k.ch != nil && k.ch.Fd == fd {
+			return k
+		}
+	}
+	return nil
+}
+
+// onChannel reads what a child says, and notices a channel that has room
+// again after being full.
+func (m *Master) onChannel(k *kid, ev *epoll.Event) {
+	if ev.Events&epoll.Out != 0 && k.full {
+		k.full = false
+		m.poller.Rearm(k.ch.Fd, epoll.In)
+	}
+	for k.ch != nil {
+		msg, fds, err := k.ch.Recv(m.fds)
+		for _, fd := range fds {
+			unix.Close(fd) // children have no business sending fds
+		}
+		switch {
+		case err == ipc.ErrAgain:
+			return
+		case err != nil:
+			// EOF or a broken channel: the child is dying; SIGCHLD will tell.
+			m.poller.Delete(k.ch.Fd)
+			return
+		}
+		if msg.Cmd == ipc.CmdReady && k.state == starting {
+			k.state = ready
+			m.log.Info("child ready", "pid", k.pid, "slot", k.slot, "gen", k.gen)
+			m.retireOld()
+			m.retarget()
+		}
+	}
+}
+
+// retireOld drains the previous generations once every slot of the current
+// one has a ready child, so a reload never leaves a moment without servers.
+func (m *Master) retireOld() {
+	for slot := range m.slots {
+		if !m.hasReady(slot, m.gen) {
+			return
+		}
+	}
+	for _, k := range m.kids {
+		if k.gen < m.gen && k.state != draining || k.gen == m.gen && k.slot >= len(m.slots) && k.state != draining {
+			m.retire(k)
+		}
+	}
+	if m.announce && m.cfg.Listening != nil {
+		m.announce = false
+		m.cfg.Listening(m.addr)
+	}
+}
+
+func (m *Master) hasReady(slot, gen int) bool {
+	for _, k := range m.kids {
+		if k.slot == slot && k.gen == gen && k.state == ready {
+			return true
+		}
+	}
+	return false
+}
+
+// retire asks a child to finish its work and exit.
+func (m *Master) retire(k *kid) {
+	k.state = draining
+	m.log.Info("child draining", "pid", k.pid, "slot", k.slot, "gen", k.gen)
+	m.tell(k, ipc.CmdDrain)
+	m.retarget()
+}
+
+// tell sends cmd to a child; when its channel is full or broken the same
+// request goes as a signal, which the child handles the same way.
+func (m *Master) tell(k *kid, cmd ipc.Cmd) {
+	if k.ch != nil {
+		err := k.ch.Send(ipc.Msg{Cmd: cmd, Pid: int32(os.Getpid()), Slot: int32(k.slot)}, nil)
+		if err == nil {
+			return
+		}
+	}
+	switch cmd {
+	case ipc.CmdDrain:
+		unix.Kill(k.pid, unix.SIGTERM)
+	case ipc.CmdStop:
+		unix.Kill(k.pid, unix.SIGINT)
+	case ipc.CmdReopen:
+		unix.Kill(k.pid, unix.SIGUSR1)
+	}
+}
+
+func (m *Master) tellAll(cmd ipc.Cmd) {
+	for _, k := range m.kids {
+		if cmd == ipc.CmdDrain {
+			if k.state != draining {
+				m.retire(k)
+			}
+			continue
+		}
+		m.tell(k, cmd)
+	}
+}
+
+// retarget recomputes where new connections go: the ready children of the
+// newest generation that has any, in slot order.
+func (m *Master) retarget() {
+	m.targets = m.targets[:0]
+	best := -1
+	for _, k := range m.kids {
+		if k.state == ready && k.gen > best {
+			best = k.gen
+		}
+	}
+	for slot := 0; best >= 0; slot++ {
+		found, more := false, false
+		for _, k := range m.kids {
+			if k.gen == best && k.state == ready {
+				if k.slot == slot {
+					m.targets = append(m.targets, k)
+					found = true
+				} else if k.slot > slot {
+					more = true
+				}
+			}
+		}
+		if !found && !more {
+			break
+		}
+	}
+}
+
+// reload re-reads the configuration and replaces the children with a new
+// generation; the old one drains once the new one is ready.
+func (m *Master) reload() {
+	if m.cfg.Reload != nil {
+		cfg, err := m.cfg.Reload()
+		if err != nil {
+			m.log.Error("reload rejected, keeping the running configuration", "err", err)
+			return
+		}
+		if cfg.Listen != m.cfg.Listen || cfg.Mode != m.cfg.Mode {
+			m.log.Error("reload rejected: listen and mode change only with a restart or an upgrade",
+				"listen", cfg.Listen, "mode", cfg.Mode)
+			return
+		}
+		cfg.Log, cfg.Reload, cfg.Listening = m.cfg.Log, m.cfg.Reload, m.cfg.Listening
+		m.cfg = cfg
+	}
+	m.gen++
+	m.setWorkers(m.cfg.Workers)
+	for i := range m.slots {
+		m.slots[i] = slotState{}
+	}
+	m.log.Info("reload begun", "gen", m.gen, "workers", len(m.slots))
+	m.maintain(time.Now())
+}
+
+// resize changes the number of slots by SIGTTIN/SIGTTOU.
+func (m *Master) resize(n int) {
+	if n < 1 {
+		return
+	}
+	m.setWorkers(n)
+	m.cfg.Workers = n
+	m.log.Info("workers changed", "workers", n)
+	for _, k := range m.kids {
+		if k.slot >= n && k.state != draining {
+			m.retire(k)
+		}
+	}
+}

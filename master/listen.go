@@ -1,0 +1,129 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listen opens a non-blocking, close-on-exec TCP listening socket on addr
+// (host:port; the host may be a name, an IPv4 or an IPv6 address). backlog
+// <= 0 means the kernel's maximum (net.core.somaxconn). With reuseport the
+// socket joins the port's SO_REUSEPORT group, so that several processes
+// can each hold one and the kernel spreads connections among them.
+func Listen(addr string, backlog int, reuseport bool) (int, error) {
+	fd, err := bind(addr, reuseport)
+	if err != nil {
+		return -1, err
+	}
+	if backlog <= 0 {
+		backlog = Somaxconn()
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError("listen", err))
+	}
+	return fd, nil
+}
+
+func bind(addr string, reuseport bool) (int, error) {
+	ap, err := resolve(addr)
+	if err != nil {
+		return -1, err
+	}
+	family := unix.AF_INET
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	if ap.Addr().Is6() {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	fail := func(call string, err error) (int, error) {
+		unix.Close(fd)
+		if errors.Is(err, unix.EADDRINUSE) {
+			return -1, fmt.Errorf("listen %s: address already in use", addr)
+		}
+		return -1, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError(call, err))
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("setsockopt", err)
+	}
+	if reuseport {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("setsockopt", err)
+		}
+	}
+	if family == unix.AF_INET6 && !ap.Addr().Is4In6() {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail("bind", err)
+	}
+	return fd, nil
+}
+
+func resolve(addr string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("listen address %q: %v", addr, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("listen address %q: bad port %q", addr, port)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		ips, lerr := net.LookupIP(host)
+		if lerr != nil || len(ips) == 0 {
+			return netip.AddrPort{}, fmt.Errorf("listen address %q: cannot resolve %q", addr, host)
+		}
+		ip, _ = netip.AddrFromSlice(ips[0])
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
+}
+
+// Somaxconn is the kernel's cap on a listen backlog.
+func Somaxconn() int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 4096
+}
+
+// LocalAddr returns the address a listening fd is bound to, as host:port.
+func LocalAddr(fd int) (string, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "", os.NewSyscallError("getsockname", err)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String(), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String(), nil
+	}
+	return "", fmt.Errorf("getsockname: unexpected address %T", sa)
+}
+
+// Reserve binds addr with SO_REUSEPORT without listening. In reuseport mode
+// the master holds this socket: it claims the port (and resolves port 0) for
+// the children, which bind the same address and listen, while the kernel
+// never queues a connection on it, since it is not listening.
+func Reserve(addr string) (int, error) {
+	return bind(addr, true)
+}

@@ -1,0 +1,334 @@
+// Package master is the supervising side of procpool: it owns the listening
+// socket, accepts connections and hands them to children round-robin over
+// their channels (fdpass mode), or leaves accepting to the children
+// (reuseport mode); it spawns, pins, reaps and replaces children, and turns
+// signals into actions in its own loop.
+package master
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+// Modes of handing connections to children.
+const (
+	ModeFdpass    = "fdpass"
+	ModeReuseport = "reuseport"
+)
+
+// Environment a child is started with; ChildSlot reads it back.
+const (
+	EnvSlot = "PROCPOOL_SLOT"
+	EnvGen  = "PROCPOOL_GEN"
+	// EnvListen is the address the master resolved (port 0 made concrete);
+	// reuseport children bind exactly this.
+	EnvListen = "PROCPOOL_LISTEN"
+	// ChannelFd is the fd number of the channel in a child.
+	ChannelFd = 3
+)
+
+// Config is what the master runs with.
+type Config struct {
+	Listen   string        // address to serve
+	Workers  int           // number of children
+	Mode     string        // ModeFdpass or ModeReuseport
+	Affinity bool          // pin child i to the i-th allowed CPU
+	Backlog  int           // listen backlog; <= 0 for the kernel's maximum
+	Grace    time.Duration // how long a graceful stop waits for children
+	// Args are the arguments a child is started with (argv[0] is added): the
+	// effective settings, so a child never re-reads a config file that may
+	// have changed since.
+	Args []string
+	Log  *slog.Logger
+	// Reload re-reads the configuration on SIGHUP. nil keeps the current one.
+	Reload func() (Config, error)
+	// Listening, when set, is called with the bound address once the first
+	// children are ready to serve.
+	Listening func(addr string)
+}
+
+type stopKind uint8
+
+const (
+	running stopKind = iota
+	graceful
+	fast
+)
+
+// Master is the state of a running master. One goroutine, locked to its OS
+// thread, owns all of it.
+type Master struct {
+	cfg    Config
+	log    *slog.Logger
+	poller *epoll.Poller
+	sig    *ipc.SelfPipe
+	lfd    int // fdpass: the listening socket; reuseport: a bound, non-listening reservation
+	addr   string
+	null   int
+
+	kids    []*kid
+	targets []*kid // where new connections go, in round-robin order
+	rr      int
+	gen     int
+	slots   []slotState
+	cpus    []int
+
+	queue       []int // accepted fds not yet handed to a child
+	accepting   bool
+	pausedUntil time.Time
+	lastEMFILE  time.Time
+
+	pending  ipc.Signals
+	stopping stopKind
+	deadline time.Time
+	announce bool
+
+	events []epoll.Event
+	fds    []int
+}
+
+// Run serves until a stop signal and returns nil after a clean stop.
+func Run(cfg Config) error {
+	// Children are forked from this thread: pinning (see forkExecPinned) and
+	// PR_SET_PDEATHSIG both belong to it, so it must stay this goroutine's.
+	runtime.LockOSThread()
+	m, err := start(cfg)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+	return m.loop()
+}
+
+func start(cfg Config) (*Master, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, announce: true,
+		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs()}
+	var err error
+	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+		return nil, os.NewSyscallError("open /dev/null", err)
+	}
+	if m.poller, err = epoll.Open(); err != nil {
+		m.close()
+		return nil, err
+	}
+	if m.sig, err = ipc.NewSelfPipe(signalList()...); err != nil {
+		m.close()
+		return nil, err
+	}
+	if err = m.poller.Add(m.sig.Fd(), epoll.In); err != nil {
+		m.close()
+		return nil, err
+	}
+	if cfg.Mode == ModeReuseport {
+		m.lfd, err = Reserve(cfg.Listen)
+	} else {
+		m.lfd, err = Listen(cfg.Listen, cfg.Backlog, false)
+	}
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	if m.addr, err = LocalAddr(m.lfd); err != nil {
+		m.close()
+		return nil, err
+	}
+	m.setWorkers(cfg.Workers)
+	m.log.Info("master started", "pid", os.Getpid(), "listen", m.addr, "mode", cfg.Mode, "workers", cfg.Workers)
+	return m, nil
+}
+
+// Addr is the address the master serves, with the port resolved.
+func (m *Master) Addr() string { return m.addr }
+
+func (m *Master) loop() error {
+	for {
+		m.dispatch()
+		m.handleSignals()
+		now := time.Now()
+		if m.stopping != running {
+			if len(m.kids) == 0 {
+				m.log.Info("master stopped")
+				return nil
+			}
+			if now.After(m.deadline) {
+				m.killAll()
+			}
+		} else {
+			m.maintain(now)
+		}
+		m.updateAccepting(now)
+
+		n, err := m.poller.Wait(m.events, m.timeout())
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			ev := &m.events[i]
+			switch fd := int(ev.Fd); {
+			case fd == m.sig.Fd():
+				m.pending |= m.sig.Drain()
+			case fd == m.lfd && m.cfg.Mode == ModeFdpass:
+				m.accept()
+			default:
+				if k := m.kidByChannel(fd); k != nil {
+					m.onChannel(k, ev)
+				}
+			}
+		}
+	}
+}
+
+// handleSignals acts on pending signals in a fixed order, like a priority
+// list: first learn who died, then stop, then the rest.
+func (m *Master) handleSignals() {
+	s := m.pending
+	m.pending = 0
+	if s.Has(unix.SIGCHLD) {
+		m.reap()
+	}
+	if s.Has(unix.SIGINT) {
+		m.stop(fast)
+	}
+	if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
+		m.stop(graceful)
+	}
+	if m.stopping != running {
+		return
+	}
+	if s.Has(unix.SIGHUP) {
+		m.reload()
+	}
+	if s.Has(unix.SIGUSR1) {
+		m.log.Info("reopening logs")
+		m.tellAll(ipc.CmdReopen)
+	}
+	if s.Has(unix.SIGTTIN) {
+		m.resize(len(m.slots) + 1)
+	}
+	if s.Has(unix.SIGTTOU) {
+		m.resize(len(m.slots) - 1)
+	}
+}
+
+// timeout is how long the loop may sleep before something is due.
+func (m *Master) timeout() int {
+	var due time.Time
+	now := time.Now()
+	consider := func(t time.Time) {
+		if t.After(now) && (due.IsZero() || t.Before(due)) {
+			due = t
+		}
+	}
+	if m.stopping != running {
+		consider(m.deadline)
+	}
+	for i := range m.slots {
+		consider(m.slots[i].respawnAt)
+	}
+	consider(m.pausedUntil)
+	if due.IsZero() {
+		return 1000
+	}
+	ms := due.Sub(now).Milliseconds() + 1
+	return int(max(0, min(ms, 1000)))
+}
+
+// stop begins a graceful or fast stop; a fast stop may overrule a graceful one.
+func (m *Master) stop(kind stopKind) {
+	if m.stopping >= kind {
+		return
+	}
+	first := m.stopping == running
+	m.stopping = kind
+	m.closeListener()
+	if kind == fast {
+		m.log.Info("fast stop")
+		m.deadline = time.Now().Add(time.Second)
+		m.tellAll(ipc.CmdStop)
+		return
+	}
+	if first {
+		m.log.Info("graceful stop", "grace", m.cfg.Grace)
+		m.deadline = time.Now().Add(m.cfg.Grace)
+	}
+	m.dispatch() // connections already accepted still get served
+	m.tellAll(ipc.CmdDrain)
+}
+
+func (m *Master) closeListener() {
+	if m.lfd < 0 {
+		return
+	}
+	if m.accepting {
+		m.poller.Delete(m.lfd)
+		m.accepting = false
+	}
+	unix.Close(m.lfd)
+	m.lfd = -1
+}
+
+func (m *Master) killAll() {
+	for _, k := range m.kids {
+		if !k.killed {
+			m.log.Warn("killing child past the grace period", "pid", k.pid, "slot", k.slot)
+			unix.Kill(k.pid, unix.SIGKILL)
+			k.killed = true
+		}
+	}
+}
+
+func (m *Master) close() {
+	m.closeListener()
+	for _, fd := range m.queue {
+		unix.Close(fd)
+	}
+	m.queue = nil
+	for _, k := range m.kids {
+		k.closeChannel()
+	}
+	if m.sig != nil {
+		m.sig.Close()
+	}
+	if m.poller != nil {
+		m.poller.Close()
+	}
+	if m.null >= 0 {
+		unix.Close(m.null)
+	}
+}
+
+func signalList() []os.Signal {
+	var l []os.Signal
+	for _, s := range Signals {
+		l = append(l, s.Sig)
+	}
+	return l
+}
+
+// ChildSlot reports whether this process was started as a child, and which.
+func ChildSlot() (slot int, ok bool) {
+	v, ok := os.LookupEnv(EnvSlot)
+	if !ok {
+		return 0, false
+	}
+	_, err := fmt.Sscanf(v, "%d", &slot)
+	return slot, err == nil
+}
+
+func exitDesc(ws syscall.WaitStatus) []any {
+	if ws.Signaled() {
+		return []any{"signal", ws.Signal().String()}
+	}
+	return []any{"status", ws.ExitStatus()}
+}
