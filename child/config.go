@@ -30,4 +30,7 @@ type Config struct {
 	Pool     int // worker goroutines for handlers; 0 runs handlers inline
 	Limits   Limits
 	Timeouts Timeouts
+	// Reopen, when set, reopens the child's log files (SIGUSR1 or the
+	// master's CmdReopen).
+	Reopen func()
 }

@@ -142,6 +142,9 @@ func (l *loop) run() error {
 				if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
 					l.drain()
 				}
+				if s.Has(unix.SIGUSR1) {
+					l.reopen()
+				}
 			case fd == l.cfg.Listener:
 				l.accept()
 			case l.pool != nil && fd == l.pool.wake:
@@ -184,11 +187,19 @@ func (l *loop) onChannel() error {
 			l.drain()
 		case ipc.CmdStop:
 			return errStopped
+		case ipc.CmdReopen:
+			l.reopen()
 		}
 	}
 }
 
 var errStopped = errors.New("child: stopped by the master")
+
+func (l *loop) reopen() {
+	if l.cfg.Reopen != nil {
+		l.cfg.Reopen()
+	}
+}
 
 // accept takes new connections from the child's own listener (reuseport).
 func (l *loop) accept() {

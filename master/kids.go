@@ -3,6 +3,7 @@ package master
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -137,7 +138,7 @@ func (m *Master) spawn(slot int) error {
 	attr := &syscall.ProcAttr{
 		Env:   env,
 		Files: []uintptr{uintptr(m.null), uintptr(os.Stderr.Fd()), uintptr(os.Stderr.Fd()), uintptr(cfd)},
-		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential},
 	}
 	// /proc/self/exe is this master's own binary even if the file on disk
 	// was replaced since: children always run the master's code.
@@ -185,6 +186,10 @@ func (m *Master) reap() {
 		}
 		if err != nil || pid <= 0 {
 			return
+		}
+		if pid == m.upgradePid {
+			m.upgradeExited(ws)
+			continue
 		}
 		k := m.kidByPid(pid)
 		if k == nil {
@@ -311,9 +316,17 @@ func (m *Master) retireOld() {
 			m.retire(k)
 		}
 	}
-	if m.announce && m.cfg.Listening != nil {
+	switch {
+	case m.announce:
 		m.announce = false
-		m.cfg.Listening(m.addr)
+		notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+		if m.cfg.Ready != nil {
+			m.cfg.Ready(m.addr)
+		}
+	case m.reloading:
+		m.reloading = false
+		m.log.Info("reload done", "gen", m.gen)
+		notify("READY=1")
 	}
 }
 
@@ -407,8 +420,8 @@ func (m *Master) reload() {
 				"listen", cfg.Listen, "mode", cfg.Mode)
 			return
 		}
-		cfg.Log, cfg.Reload, cfg.Listening = m.cfg.Log, m.cfg.Reload, m.cfg.Listening
-		m.cfg = cfg
+		// Only what the pool is made of changes; how the master runs does not.
+		m.cfg.Workers, m.cfg.Affinity, m.cfg.Args, m.cfg.Grace = cfg.Workers, cfg.Affinity, cfg.Args, cfg.Grace
 	}
 	m.gen++
 	m.setWorkers(m.cfg.Workers)
@@ -416,6 +429,8 @@ func (m *Master) reload() {
 		m.slots[i] = slotState{}
 	}
 	m.log.Info("reload begun", "gen", m.gen, "workers", len(m.slots))
+	notify("RELOADING=1")
+	m.reloading = true
 	m.maintain(time.Now())
 }
 

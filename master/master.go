@@ -50,9 +50,23 @@ type Config struct {
 	Log  *slog.Logger
 	// Reload re-reads the configuration on SIGHUP. nil keeps the current one.
 	Reload func() (Config, error)
-	// Listening, when set, is called with the bound address once the first
-	// children are ready to serve.
-	Listening func(addr string)
+	// Ready, when set, is called with the bound address once the first
+	// generation of children is ready to serve.
+	Ready func(addr string)
+	// ListenFd is an inherited socket to serve instead of binding Listen:
+	// from an upgrade (the old master's) or from systemd socket activation.
+	// 0 means none.
+	ListenFd int
+	// Exe and MasterArgs start a new master on SIGUSR2: the binary on disk
+	// and the command line this master was started with.
+	Exe        string
+	MasterArgs []string
+	// Pidfile, when set, is handed over to the new master on an upgrade.
+	Pidfile *Pidfile
+	// Reopen reopens the master's log file on SIGUSR1.
+	Reopen func() error
+	// Credential, when set, is what children run as (-user).
+	Credential *syscall.Credential
 }
 
 type stopKind uint8
@@ -86,10 +100,15 @@ type Master struct {
 	pausedUntil time.Time
 	lastEMFILE  time.Time
 
-	pending  ipc.Signals
-	stopping stopKind
-	deadline time.Time
-	announce bool
+	upgradePid      int
+	upgradeFd       int // read end of the new master's readiness pipe, -1 when none
+	upgradeDeadline time.Time
+
+	pending   ipc.Signals
+	stopping  stopKind
+	deadline  time.Time
+	announce  bool // Ready not yet called
+	reloading bool // a reload waits for its generation to be ready
 
 	events []epoll.Event
 	fds    []int
@@ -112,7 +131,7 @@ func start(cfg Config) (*Master, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, announce: true,
+	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs()}
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
@@ -130,9 +149,12 @@ func start(cfg Config) (*Master, error) {
 		m.close()
 		return nil, err
 	}
-	if cfg.Mode == ModeReuseport {
+	switch {
+	case cfg.ListenFd > 0:
+		m.lfd, err = adopt(cfg.ListenFd, cfg.Mode, cfg.Backlog)
+	case cfg.Mode == ModeReuseport:
 		m.lfd, err = Reserve(cfg.Listen)
-	} else {
+	default:
 		m.lfd, err = Listen(cfg.Listen, cfg.Backlog, false)
 	}
 	if err != nil {
@@ -166,6 +188,7 @@ func (m *Master) loop() error {
 			}
 		} else {
 			m.maintain(now)
+			m.checkUpgrade(now)
 		}
 		m.updateAccepting(now)
 
@@ -180,6 +203,8 @@ func (m *Master) loop() error {
 				m.pending |= m.sig.Drain()
 			case fd == m.lfd && m.cfg.Mode == ModeFdpass:
 				m.accept()
+			case fd == m.upgradeFd:
+				m.onUpgradeReady()
 			default:
 				if k := m.kidByChannel(fd); k != nil {
 					m.onChannel(k, ev)
@@ -211,7 +236,15 @@ func (m *Master) handleSignals() {
 	}
 	if s.Has(unix.SIGUSR1) {
 		m.log.Info("reopening logs")
+		if m.cfg.Reopen != nil {
+			if err := m.cfg.Reopen(); err != nil {
+				m.log.Error("reopen logs", "err", err)
+			}
+		}
 		m.tellAll(ipc.CmdReopen)
+	}
+	if s.Has(unix.SIGUSR2) {
+		m.upgrade()
 	}
 	if s.Has(unix.SIGTTIN) {
 		m.resize(len(m.slots) + 1)
@@ -237,6 +270,9 @@ func (m *Master) timeout() int {
 		consider(m.slots[i].respawnAt)
 	}
 	consider(m.pausedUntil)
+	if m.upgradeFd >= 0 {
+		consider(m.upgradeDeadline)
+	}
 	if due.IsZero() {
 		return 1000
 	}
@@ -251,6 +287,9 @@ func (m *Master) stop(kind stopKind) {
 	}
 	first := m.stopping == running
 	m.stopping = kind
+	if first {
+		notify("STOPPING=1")
+	}
 	m.closeListener()
 	if kind == fast {
 		m.log.Info("fast stop")
@@ -305,6 +344,9 @@ func (m *Master) close() {
 	}
 	if m.null >= 0 {
 		unix.Close(m.null)
+	}
+	if m.upgradeFd >= 0 {
+		unix.Close(m.upgradeFd)
 	}
 }
 

@@ -44,31 +44,94 @@ func run(args []string, stderr io.Writer) int {
 }
 
 func runMaster(s *settings, stderr io.Writer) int {
-	err := master.Run(s.masterConfig())
-	if err != nil {
+	if s.signal != "" {
+		return control(s, stderr)
+	}
+	upgraded := os.Getenv(master.EnvInheritFd) != ""
+	if s.daemon && os.Getenv(master.EnvDaemonFd) == "" && !upgraded {
+		return master.Daemonize(s.logPath, stderr)
+	}
+	report := master.DaemonReporter() // nil unless we are the detached master
+	fail := func(status int, err error) int {
 		fmt.Fprintf(stderr, "procpool: %v\n", err)
-		return exitFailure
+		if report != nil {
+			report(err)
+		}
+		return status
+	}
+	if err := openLog(s.logPath); err != nil {
+		return fail(exitFailure, fmt.Errorf("-log: %w", err))
+	}
+	cfg, err := s.masterConfig()
+	if err != nil {
+		return fail(exitFatal, err)
+	}
+
+	// The pidfile: taken at start, or, after an upgrade, once the old master
+	// lets go of it (it does when we report ready).
+	var pf pidfileHolder
+	if (s.daemon || s.pidfileSet) && !upgraded {
+		p, err := master.CreatePidfile(s.pidfile)
+		if err != nil {
+			return fail(exitFailure, err)
+		}
+		pf.set(p)
+		cfg.Pidfile = p
+	}
+	defer pf.remove()
+
+	upgradeReport := upgradeReporter()
+	cfg.Ready = func(addr string) {
+		if report != nil {
+			report(nil)
+		}
+		if upgradeReport != nil {
+			upgradeReport()
+			if s.daemon || s.pidfileSet {
+				go pf.take(s.pidfile)
+			}
+		}
+	}
+	if err := master.Run(cfg); err != nil {
+		return fail(exitFailure, err)
 	}
 	return exitOK
 }
 
-func (s *settings) masterConfig() master.Config {
-	return master.Config{
-		Listen:   s.listen,
-		Workers:  s.workers,
-		Mode:     s.mode,
-		Affinity: s.affinity,
-		Backlog:  s.backlog,
-		Grace:    s.grace,
-		Args:     s.childArgs(),
+func (s *settings) masterConfig() (master.Config, error) {
+	exe, _ := os.Executable()
+	cfg := master.Config{
+		Listen:     s.listen,
+		Workers:    s.workers,
+		Mode:       s.mode,
+		Affinity:   s.affinity,
+		Backlog:    s.backlog,
+		Grace:      s.grace,
+		Args:       s.childArgs(),
+		Exe:        exe,
+		MasterArgs: s.args,
+		Reopen:     func() error { return openLog(s.logPath) },
 		Reload: func() (master.Config, error) {
 			n, err := parseSettings(s.args, io.Discard)
 			if err != nil {
 				return master.Config{}, err
 			}
-			return n.masterConfig(), nil
+			return n.masterConfig()
 		},
 	}
+	if fd := inheritedFd(); fd > 0 {
+		cfg.ListenFd = fd
+	} else if fd := master.ActivatedListener(); fd > 0 {
+		cfg.ListenFd = fd
+	}
+	if s.user != "" {
+		cred, err := lookupUser(s.user)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Credential = cred
+	}
+	return cfg, nil
 }
 
 func runChild(s *settings, slot int, stderr io.Writer) int {
@@ -79,6 +142,7 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		Pool:     s.pool,
 		Limits:   s.limits,
 		Timeouts: s.timeouts,
+		Reopen:   func() { openLog(s.logPath) },
 	}
 	if s.mode == master.ModeReuseport {
 		addr := os.Getenv(master.EnvListen)

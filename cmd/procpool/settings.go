@@ -29,15 +29,21 @@ type settings struct {
 	limits   child.Limits
 	timeouts child.Timeouts
 	signal   string
+	daemon   bool
+	pidfile  string
+	logPath  string
+	user     string
 
 	// args holds the command line as given, so that a reload can apply it
 	// again over a re-read config file: the command line always wins.
 	args []string
 	fs   *flag.FlagSet // bound to the fields above
+
+	pidfileSet bool // -pidfile given on the command line or in the file
 }
 
 // childFlags are the settings a child needs; they are passed on explicitly.
-var childFlags = []string{"listen", "workers", "mode", "affinity", "pool",
+var childFlags = []string{"listen", "workers", "mode", "affinity", "pool", "log",
 	"max-request-line", "max-header-bytes", "max-headers", "max-body",
 	"header-timeout", "body-timeout", "idle-timeout", "write-timeout", "linger-timeout"}
 
@@ -65,6 +71,10 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.DurationVar(&s.timeouts.Idle, "idle-timeout", child.DefaultTimeouts.Idle, "how long an idle keep-alive connection stays open")
 	fs.DurationVar(&s.timeouts.Write, "write-timeout", child.DefaultTimeouts.Write, "time between two writes that make progress")
 	fs.DurationVar(&s.timeouts.Linger, "linger-timeout", child.DefaultTimeouts.Linger, "how long a rejected client is drained before the close")
+	fs.BoolVar(&s.daemon, "daemon", false, "detach from the terminal and write the pidfile")
+	fs.StringVar(&s.pidfile, "pidfile", "procpool.pid", "`file` holding the master's pid, locked while it runs (written with -daemon or when given)")
+	fs.StringVar(&s.logPath, "log", "", "lifecycle and error log `file` (default stderr); reopened on SIGUSR1")
+	fs.StringVar(&s.user, "user", "", "run children as this `user` (the master must start as root; fdpass mode)")
 	fs.StringVar(&s.signal, "s", "", "send `signal` to the running master: stop, quit, reload, reopen, upgrade")
 	return fs
 }
@@ -85,13 +95,15 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	if fs.NArg() > 0 {
 		return nil, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if s.config != "" {
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		if err := applyConfig(fs, s.config, set); err != nil {
 			return nil, err
 		}
 	}
+	// Visit sees flags set by the config file too.
+	fs.Visit(func(f *flag.Flag) { s.pidfileSet = s.pidfileSet || f.Name == "pidfile" })
 	return s, s.validate()
 }
 
@@ -128,6 +140,7 @@ func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool) error {
 		if err := fs.Set(key, value); err != nil {
 			return bad(fmt.Sprintf("%s: %v", key, err))
 		}
+
 	}
 	if err := sc.Err(); err != nil {
 		return &usageError{fmt.Sprintf("config %s: %v", path, err)}
@@ -155,6 +168,9 @@ func (s *settings) validate() error {
 	}
 	if _, _, err := splitAddr(s.listen); err != nil {
 		return bad("-listen: %v", err)
+	}
+	if s.user != "" && s.mode == master.ModeReuseport {
+		return bad("-user works in fdpass mode only: the kernel lets only the same user join a SO_REUSEPORT group")
 	}
 	if s.signal != "" {
 		if _, ok := master.SignalByName(s.signal); !ok {

@@ -1,0 +1,88 @@
+package master
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// EnvDaemonFd names, in a detached master, the fd on which it reports to the
+// process that started it: one byte 'R' when serving, or an error text.
+const EnvDaemonFd = "PROCPOOL_DAEMON_FD"
+
+// Daemonize starts this binary again, detached: in a new session, stdin on
+// /dev/null and stdout and stderr on logPath (or /dev/null). It waits until
+// the detached master is serving or has failed, and returns what the
+// command typed by the user should exit with: 0 once serving, 1 with the
+// failure written to stderr. Go cannot fork without exec, so this is how
+// the classic double fork reads here.
+func Daemonize(logPath string, stderr io.Writer) int {
+	out, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Fprintf(stderr, "procpool: %v\n", err)
+		return 1
+	}
+	defer out.Close()
+	logf := out
+	if logPath != "" {
+		if logf, err = os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err != nil {
+			fmt.Fprintf(stderr, "procpool: -log: %v\n", err)
+			return 1
+		}
+		defer logf.Close()
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "procpool: %v\n", err)
+		return 1
+	}
+	defer r.Close()
+	attr := &syscall.ProcAttr{
+		Env:   append(os.Environ(), EnvDaemonFd+"=3"),
+		Files: []uintptr{out.Fd(), logf.Fd(), logf.Fd(), w.Fd()},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+	pid, err := syscall.ForkExec("/proc/self/exe", os.Args, attr)
+	w.Close()
+	if err != nil {
+		fmt.Fprintf(stderr, "procpool: daemonize: %v\n", err)
+		return 1
+	}
+	msg, _ := io.ReadAll(r)
+	if len(msg) == 1 && msg[0] == 'R' {
+		return 0
+	}
+	if len(msg) == 0 {
+		msg = []byte("the detached master exited before it was ready (pid " + strconv.Itoa(pid) + ")")
+	}
+	fmt.Fprintf(stderr, "procpool: %s\n", msg)
+	return 1
+}
+
+// DaemonReporter returns, in a detached master, the function that tells the
+// starting process the outcome: nil error means serving. It returns nil in
+// any other process. Only the first report counts.
+func DaemonReporter() func(error) {
+	fd, err := strconv.Atoi(os.Getenv(EnvDaemonFd))
+	os.Unsetenv(EnvDaemonFd)
+	if err != nil || fd < 3 {
+		return nil
+	}
+	unix.CloseOnExec(fd)
+	return func(err error) {
+		if fd < 0 {
+			return
+		}
+		if err == nil {
+			unix.Write(fd, []byte{'R'})
+		} else {
+			unix.Write(fd, []byte(err.Error()))
+		}
+		unix.Close(fd)
+		fd = -1
+	}
+}

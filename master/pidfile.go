@@ -1,0 +1,133 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pidfile is a file holding the master's pid, locked with flock while the
+// master runs. The lock, not the file's existence, says whether a master is
+// running: a file left behind by a crash is unlocked and simply taken over.
+type Pidfile struct {
+	path string
+	fd   int
+}
+
+// ErrNotRunning means no master holds the pidfile's lock.
+var ErrNotRunning = errors.New("not running")
+
+// CreatePidfile locks path and writes this process's pid into it. When another
+// live process holds it, the error says "already running (pid N)".
+func CreatePidfile(path string) (*Pidfile, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("pidfile %s: %w", path, err)
+	}
+	if err := flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		pid, _ := readPid(fd)
+		unix.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("already running (pid %d, pidfile %s)", pid, path)
+		}
+		return nil, fmt.Errorf("pidfile %s: lock: %w", path, err)
+	}
+	p := &Pidfile{path: path, fd: fd}
+	if err := p.Write(os.Getpid()); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return p, nil
+}
+
+// TakePidfile waits until the current holder lets go of the lock, then
+// takes it and writes this process's pid: how an upgraded master inherits
+// the pidfile. It blocks; call it off the loop.
+func TakePidfile(path string) (*Pidfile, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("pidfile %s: %w", path, err)
+	}
+	if err := flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pidfile %s: lock: %w", path, err)
+	}
+	p := &Pidfile{path: path, fd: fd}
+	if err := p.Write(os.Getpid()); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return p, nil
+}
+
+// Write replaces the pid in the file.
+func (p *Pidfile) Write(pid int) error {
+	b := []byte(strconv.Itoa(pid) + "\n")
+	if err := unix.Ftruncate(p.fd, 0); err != nil {
+		return fmt.Errorf("pidfile %s: %w", p.path, err)
+	}
+	if _, err := unix.Pwrite(p.fd, b, 0); err != nil {
+		return fmt.Errorf("pidfile %s: %w", p.path, err)
+	}
+	return nil
+}
+
+// Release unlocks the file and leaves it in place, for a successor.
+func (p *Pidfile) Release() {
+	if p.fd >= 0 {
+		unix.Close(p.fd) // closing drops the flock
+		p.fd = -1
+	}
+}
+
+// Remove deletes the file if this process still holds it.
+func (p *Pidfile) Remove() {
+	if p.fd < 0 {
+		return
+	}
+	os.Remove(p.path)
+	p.Release()
+}
+
+// RunningPid returns the pid of the master holding path's lock, or
+// ErrNotRunning.
+func RunningPid(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, ErrNotRunning
+		}
+		return 0, fmt.Errorf("pidfile %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := flock(fd, unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		return 0, ErrNotRunning // nobody holds it: a stale file
+	}
+	pid, err := readPid(fd)
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pidfile %s: no pid in it", path)
+	}
+	return pid, nil
+}
+
+func readPid(fd int) (int, error) {
+	var buf [32]byte
+	n, err := unix.Pread(fd, buf[:], 0)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+}
+
+func flock(fd, how int) error {
+	for {
+		err := unix.Flock(fd, how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package master
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/procpool/procpool/epoll"
+	"golang.org/x/sys/unix"
+)
+
+// Environment of a master started by an upgrade.
+const (
+	// EnvInheritFd names the fd of the listening socket (fdpass) or of the
+	// port reservation (reuseport) that the new master takes over.
+	EnvInheritFd = "PROCPOOL_INHERIT_FD"
+	// EnvUpgradeFd names the fd on which the new master writes one byte when
+	// its children are ready: the old master's cue to hand over and drain.
+	EnvUpgradeFd = "PROCPOOL_UPGRADE_FD"
+)
+
+// upgrade starts a new master from the binary on disk, passing it the
+// listening socket. Until it reports ready, this master serves as before; if
+// it dies first, this master logs why and goes on.
+func (m *Master) upgrade() {
+	switch {
+	case m.upgradeFd >= 0:
+		m.log.Warn("upgrade already in progress", "new_pid", m.upgradePid)
+		return
+	case m.lfd < 0 || m.cfg.Exe == "":
+		m.log.Error("upgrade impossible: no listening socket or binary")
+		return
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		m.log.Error("upgrade failed", "err", os.NewSyscallError("pipe2", err))
+		return
+	}
+	env := []string{EnvInheritFd + "=3", EnvUpgradeFd + "=4"}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "PROCPOOL_") && !strings.HasPrefix(e, "LISTEN_") {
+			env = append(env, e)
+		}
+	}
+	attr := &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{uintptr(m.null), os.Stdout.Fd(), os.Stderr.Fd(), uintptr(m.lfd), uintptr(p[1])},
+	}
+	argv := append([]string{m.cfg.Exe}, m.cfg.MasterArgs...)
+	pid, err := syscall.ForkExec(m.cfg.Exe, argv, attr)
+	unix.Close(p[1])
+	if err != nil {
+		unix.Close(p[0])
+		m.log.Error("upgrade failed, still serving", "binary", m.cfg.Exe, "err", err)
+		return
+	}
+	if err := m.poller.Add(p[0], epoll.In); err != nil {
+		unix.Close(p[0])
+		m.log.Error("upgrade: cannot watch the new master", "err", err)
+		return
+	}
+	m.upgradePid, m.upgradeFd = pid, p[0]
+	m.upgradeDeadline = time.Now().Add(upgradeTimeout)
+	m.log.Info("upgrade begun", "binary", m.cfg.Exe, "new_pid", pid)
+}
+
+// onUpgradeReady reads the new master's verdict: a byte when ready, EOF when
+// it exited (or closed the pipe) without getting there.
+func (m *Master) onUpgradeReady() {
+	var b [1]byte
+	n, err := unix.Read(m.upgradeFd, b[:])
+	if err == unix.EINTR || err == unix.EAGAIN {
+		return
+	}
+	m.poller.Delete(m.upgradeFd)
+	unix.Close(m.upgradeFd)
+	m.upgradeFd = -1
+	if n != 1 {
+		m.log.Error("upgrade failed: the new master exited before it was ready; still serving",
+			"new_pid", m.upgradePid)
+		return
+	}
+	m.log.Info("upgrade done, handing over", "new_pid", m.upgradePid)
+	notify("MAINPID=" + strconv.Itoa(m.upgradePid))
+	if m.cfg.Pidfile != nil {
+		if err := m.cfg.Pidfile.Write(m.upgradePid); err != nil {
+			m.log.Error("upgrade: pidfile", "err", err)
+		}
+		m.cfg.Pidfile.Release()
+	}
+	m.stop(graceful)
+}
+
+// upgradeExited notes the exit of a new master started by upgrade: before it
+// was ready that is a failed upgrade, after it a normal exit.
+func (m *Master) upgradeExited(ws syscall.WaitStatus) {
+	m.log.Info("new master exited", append([]any{"pid", m.upgradePid}, exitDesc(ws)...)...)
+	if m.upgradeFd >= 0 {
+		m.onUpgradeReady() // reads EOF and logs the failure
+	}
+	m.upgradePid = 0
+}
+
+// adopt takes over an inherited socket, checking that it suits mode: the
+// master must hold a listening socket in fdpass mode and must not in
+// reuseport mode (it would never accept what the kernel queues on it).
+func adopt(fd int, mode string, backlog int) (int, error) {
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err != nil {
+		return -1, os.NewSyscallError("getsockopt", err)
+	}
+	switch {
+	case mode == ModeFdpass && listening == 0:
+		if backlog <= 0 {
+			backlog = Somaxconn()
+		}
+		if err := unix.Listen(fd, backlog); err != nil {
+			return -1, os.NewSyscallError("listen", err)
+		}
+	case mode == ModeReuseport && listening != 0:
+		return -1, errModeSwitch
+	}
+	return fd, nil
+}
+
+var errModeSwitch = errors.New("inherited socket is listening: reuseport mode needs a fresh start, not an upgrade")
+
+// upgradeTimeout bounds how long a new master may take to get ready; past it
+// the new master is killed and this one goes on.
+const upgradeTimeout = 30 * time.Second
+
+// checkUpgrade gives up on a new master that is not ready in time.
+func (m *Master) checkUpgrade(now time.Time) {
+	if m.upgradeFd >= 0 && now.After(m.upgradeDeadline) {
+		m.log.Error("upgrade failed: the new master was not ready in time; still serving",
+			"new_pid", m.upgradePid, "timeout", upgradeTimeout)
+		unix.Kill(m.upgradePid, unix.SIGKILL)
+		m.poller.Delete(m.upgradeFd)
+		unix.Close(m.upgradeFd)
+		m.upgradeFd = -1
+	}
+}
