@@ -24,13 +24,22 @@ var DefaultTimeouts = Timeouts{
 
 // Config is what a child needs to run.
 type Config struct {
-	Channel  int // fd of the child's end of the channel to the master
-	Slot     int // the child's index in the pool, as the master numbers it
-	Listener int // in reuseport mode the child's own listening socket, else -1
-	Pool     int // worker goroutines for handlers; 0 runs handlers inline
-	Limits   Limits
-	Timeouts Timeouts
+	Channel  int      // fd of the child's end of the channel to the master
+	Slot     int      // the child's index in the pool, as the master numbers it
+	Listener int      // in reuseport mode the child's own listening socket; 0 or -1 when none
+	Pool     int      // worker goroutines for handlers; 0 runs handlers inline
+	Limits   Limits   // zero: DefaultLimits
+	Timeouts Timeouts // zero: DefaultTimeouts
 	// Reopen, when set, reopens the child's log files (SIGUSR1 or the
 	// master's CmdReopen).
 	Reopen func()
+}
+
+func (c *Config) setDefaults() {
+	if c.Limits == (Limits{}) {
+		c.Limits = DefaultLimits
+	}
+	if c.Timeouts == (Timeouts{}) {
+		c.Timeouts = DefaultTimeouts
+	}
 }

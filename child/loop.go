@@ -56,6 +56,7 @@ type loop struct {
 // for good: the loop, its epoll set and the CPU pinning belong to that thread.
 func Run(cfg Config, h Handler) error {
 	runtime.LockOSThread()
+	cfg.setDefaults()
 	l, err := newLoop(cfg, h)
 	if err != nil {
 		return err
@@ -101,7 +102,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 		p.Close()
 		return nil, err
 	}
-	if cfg.Listener >= 0 {
+	if cfg.Listener > 0 {
 		if err := p.Add(cfg.Listener, epoll.In); err != nil {
 			p.Close()
 			return nil, err
@@ -319,7 +320,7 @@ func (l *loop) drain() {
 	if l.draining.Swap(true) {
 		return
 	}
-	if l.cfg.Listener >= 0 {
+	if l.cfg.Listener > 0 {
 		l.poller.Delete(l.cfg.Listener)
 		unix.Close(l.cfg.Listener)
 		l.cfg.Listener = -1

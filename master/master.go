@@ -42,7 +42,7 @@ type Config struct {
 	Mode     string        // ModeFdpass or ModeReuseport
 	Affinity bool          // pin child i to the i-th allowed CPU
 	Backlog  int           // listen backlog; <= 0 for the kernel's maximum
-	Grace    time.Duration // how long a graceful stop waits for children
+	Grace    time.Duration // how long a graceful stop waits for children (0: kill at once)
 	// Args are the arguments a child is started with (argv[0] is added): the
 	// effective settings, so a child never re-reads a config file that may
 	// have changed since.
@@ -130,6 +130,12 @@ func Run(cfg Config) error {
 func start(cfg Config) (*Master, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.NumCPU()
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeFdpass
 	}
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs()}
