@@ -7,6 +7,7 @@ package epoll
 
 import (
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,10 +66,14 @@ func (p *Poller) Delete(fd int) error {
 	return p.ctl(unix.EPOLL_CTL_DEL, fd, 0)
 }
 
+// ctl never sleeps, so it skips the scheduler's syscall bookkeeping (see
+// Wait for why that matters).
 func (p *Poller) ctl(op, fd int, events uint32) error {
 	ev := Event{Events: events, Fd: int32(fd)}
-	if err := unix.EpollCtl(p.fd, op, fd, &ev); err != nil {
-		return os.NewSyscallError("epoll_ctl", err)
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(p.fd), uintptr(op), uintptr(fd),
+		uintptr(unsafe.Pointer(&ev)), 0, 0)
+	if e != 0 {
+		return os.NewSyscallError("epoll_ctl", e)
 	}
 	return nil
 }
@@ -76,15 +81,29 @@ func (p *Poller) ctl(op, fd int, events uint32) error {
 // Wait fills events with ready fds and returns how many. msec < 0 waits
 // forever, 0 polls. An interrupted wait returns 0 and no error, so the caller's
 // loop simply goes round again (and checks its flags).
+//
+// A busy loop finds events ready most of the time, so Wait first polls
+// without sleeping, as a raw call that keeps the goroutine's P. Only when
+// nothing is ready does it make the call that may sleep, through the
+// scheduler, which then lets other goroutines have the P meanwhile. A
+// syscall the scheduler knows about costs a lot more here than the poll:
+// once the P has been handed off, getting it back takes a futex wake-up.
 func (p *Poller) Wait(events []Event, msec int) (int, error) {
-	n, err := unix.EpollWait(p.fd, events, msec)
-	if err == unix.EINTR {
+	if len(events) == 0 {
 		return 0, nil
 	}
-	if err != nil {
-		return 0, os.NewSyscallError("epoll_wait", err)
+	ptr := uintptr(unsafe.Pointer(&events[0]))
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(p.fd), ptr, uintptr(len(events)), 0, 0, 0)
+	if e == 0 && n == 0 && msec != 0 {
+		n, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(p.fd), ptr, uintptr(len(events)), uintptr(msec), 0, 0)
 	}
-	return n, nil
+	switch e {
+	case 0:
+		return int(n), nil
+	case unix.EINTR:
+		return 0, nil
+	}
+	return 0, os.NewSyscallError("epoll_wait", e)
 }
 
 // Close releases the epoll instance. Registered fds stay open.
