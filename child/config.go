@@ -1,6 +1,10 @@
 package child
 
-import "time"
+import (
+	"time"
+
+	"github.com/procpool/procpool/ipc"
+)
 
 // Timeouts bound how long a connection may hold a child's resources. They are
 // enforced by a sweep of the connection table once a second, so they are
@@ -30,6 +34,13 @@ type Config struct {
 	Pool     int      // worker goroutines for handlers; 0 runs handlers inline
 	Limits   Limits   // zero: DefaultLimits
 	Timeouts Timeouts // zero: DefaultTimeouts
+	// Stats is the child's cell of counters in the master's shared region;
+	// nil counts into a private cell.
+	Stats *ipc.Cell
+	// MaxConns is the most connections the child holds at once; in
+	// reuseport mode it stops accepting at the limit (the master does the
+	// same for it in fdpass mode). 0: no limit.
+	MaxConns int
 	// Reopen, when set, reopens the child's log files (SIGUSR1 or the
 	// master's CmdReopen).
 	Reopen func()
@@ -41,5 +52,8 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeouts == (Timeouts{}) {
 		c.Timeouts = DefaultTimeouts
+	}
+	if c.Stats == nil {
+		c.Stats = new(ipc.Cell)
 	}
 }

@@ -1,6 +1,10 @@
 package child
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/procpool/procpool/ipc"
+)
 
 // Exchanger runs raw request bytes through the same parser, handler call and
 // response writer as a child's loop, without sockets: the httptest of
@@ -17,7 +21,7 @@ type Exchanger struct {
 // NewExchanger returns an Exchanger that serves h under the default limits.
 func NewExchanger(h Handler) *Exchanger {
 	e := &Exchanger{lim: DefaultLimits, to: DefaultTimeouts}
-	e.s = newSession(h, &e.lim, &e.to, &e.stop)
+	e.s = newSession(h, new(ipc.Cell), &e.lim, &e.to, &e.stop)
 	return e
 }
 

@@ -48,6 +48,7 @@ type loop struct {
 	pool     *pool // nil in inline mode
 	draining atomic.Bool
 	sweepAt  int64
+	full     bool // MaxConns reached: the own listener is out of the poll set
 	sig      *ipc.SelfPipe
 }
 
@@ -84,7 +85,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 		events: make([]epoll.Event, 256),
 		fds:    make([]int, 0, ipc.MaxFds),
 	}
-	l.sess = newSession(h, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+	l.sess = newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
 	// Signals come from the master's fallback path or from a terminal that
 	// signals the whole process group; the master decides the rest.
 	signal.Ignore(unix.SIGHUP, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU)
@@ -242,6 +243,11 @@ func (l *loop) register(fd int) {
 	}
 	l.conns[fd] = c
 	l.open++
+	l.cfg.Stats.Accepted.Add(1)
+	if l.cfg.MaxConns > 0 && l.open >= l.cfg.MaxConns && l.cfg.Listener > 0 && !l.full {
+		l.full = true // reuseport: leave the rest to siblings with room
+		l.poller.Delete(l.cfg.Listener)
+	}
 }
 
 func (l *loop) newConn() *conn {
@@ -296,12 +302,18 @@ func (l *loop) apply(c *conn, a action) {
 }
 
 func (l *loop) closeConn(c *conn) {
-	unix.Close(c.fd)
+	sysClose(c.fd)
 	l.conns[c.fd] = nil
 	c.releaseBuffers()
 	*c = conn{}
 	l.spare = append(l.spare, c)
 	l.open--
+	l.cfg.Stats.Closed.Add(1)
+	if l.full && l.open < l.cfg.MaxConns && l.cfg.Listener > 0 {
+		if l.poller.Add(l.cfg.Listener, epoll.In) == nil {
+			l.full = false
+		}
+	}
 }
 
 // sweep closes connections whose deadline has passed. Connections with a
@@ -309,6 +321,7 @@ func (l *loop) closeConn(c *conn) {
 func (l *loop) sweep(now int64) {
 	for _, c := range l.conns {
 		if c != nil && !c.busy && c.deadline != 0 && c.deadline <= now {
+			l.cfg.Stats.Timeouts.Add(1)
 			l.closeConn(c)
 		}
 	}
@@ -324,6 +337,7 @@ func (l *loop) drain() {
 		l.poller.Delete(l.cfg.Listener)
 		unix.Close(l.cfg.Listener)
 		l.cfg.Listener = -1
+		l.full = false
 	}
 	for _, c := range l.conns {
 		if c != nil && !c.busy && c.state == stReading && c.in == nil {

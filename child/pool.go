@@ -39,7 +39,7 @@ func newPool(n int, h Handler, l *loop) (*pool, error) {
 		loop: l,
 	}
 	for i := 0; i < n; i++ {
-		s := newSession(h, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+		s := newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
 		p.wg.Add(1)
 		go p.worker(s)
 	}

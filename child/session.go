@@ -3,6 +3,8 @@ package child
 import (
 	"sync/atomic"
 
+	"github.com/procpool/procpool/ipc"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -11,6 +13,7 @@ import (
 // all the connections it serves, one event at a time.
 type session struct {
 	h        Handler
+	st       *ipc.Cell
 	lim      *Limits
 	to       *Timeouts
 	draining *atomic.Bool
@@ -30,9 +33,9 @@ const (
 	lingerBytes = 64 << 10
 )
 
-func newSession(h Handler, lim *Limits, to *Timeouts, draining *atomic.Bool) *session {
+func newSession(h Handler, st *ipc.Cell, lim *Limits, to *Timeouts, draining *atomic.Bool) *session {
 	s := &session{
-		h: h, lim: lim, to: to, draining: draining,
+		h: h, st: st, lim: lim, to: to, draining: draining,
 		rbuf: make([]byte, readSize),
 		wbuf: make([]byte, 0, maxBatch+bufSize),
 		req:  Request{headers: make([]field, 0, 32)},
@@ -50,6 +53,8 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 	for done < len(in) && len(out) < maxBatch {
 		n, status := parse(in[done:], &s.req, s.lim, &c.need)
 		if status != 0 {
+			s.st.ParseErrors.Add(1)
+			s.st.Responses[status/100].Add(1)
 			return done, appendError(out, status, s.clk.date), vReject
 		}
 		if n == 0 {
@@ -74,6 +79,10 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			s.req.close = true
 		}
 		out = appendResponse(out, &s.resp, &s.req, s.clk.date)
+		s.st.Requests.Add(1)
+		if class := s.resp.status / 100; class > 0 && class < len(s.st.Responses) {
+			s.st.Responses[class].Add(1)
+		}
 		if s.req.close {
 			return done, out, vClose
 		}
@@ -107,6 +116,7 @@ func (s *session) onReadable(c *conn) action {
 	case err != nil || n == 0:
 		return aClose // EOF, reset or a real error: nothing left to answer
 	}
+	s.st.BytesIn.Add(uint64(n))
 	if own {
 		c.in = c.in[:len(c.in)+n]
 		return s.answer(c, c.in, true)
@@ -142,7 +152,7 @@ func (s *session) answer(c *conn, in []byte, own bool) action {
 		done, out, v := s.process(c, in, s.wbuf[:0])
 		in = in[done:]
 		if len(out) > 0 {
-			w, err := sysWrite(c.fd, out)
+			w, err := s.write(c.fd, out)
 			if err != nil && err != unix.EAGAIN {
 				return aClose
 			}
@@ -205,7 +215,7 @@ func (s *session) keepPartial(c *conn, rest []byte, own bool) action {
 // what the connection had buffered meanwhile.
 func (s *session) onWritable(c *conn) action {
 	s.clk.tick()
-	w, err := sysWrite(c.fd, c.out)
+	w, err := s.write(c.fd, c.out)
 	if err != nil && err != unix.EAGAIN {
 		return aClose
 	}
@@ -237,7 +247,7 @@ func (s *session) onWritable(c *conn) action {
 func (s *session) reject(c *conn, status int) action {
 	out := appendError(s.wbuf[:0], status, s.clk.date)
 	s.keepPartial(c, nil, false)
-	w, err := sysWrite(c.fd, out)
+	w, err := s.write(c.fd, out)
 	if err != nil && err != unix.EAGAIN {
 		return aClose
 	}
@@ -286,4 +296,11 @@ func (s *session) shrinkOut(out []byte) {
 	} else {
 		s.wbuf = out[:0]
 	}
+}
+
+// write sends p and counts what the kernel took.
+func (s *session) write(fd int, p []byte) (int, error) {
+	n, err := sysWrite(fd, p)
+	s.st.BytesOut.Add(uint64(n))
+	return n, err
 }

@@ -51,4 +51,3 @@ func sysWrite(fd int, p []byte) (int, error) {
 func sysClose(fd int) {
 	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }
-

@@ -1,0 +1,148 @@
+package ipc
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Counters live in shared memory rather than travelling as messages: the
+// master creates one memfd for the whole pool, maps it, and passes it to
+// every child, which maps it too and updates only its own cell. A child
+// pays one uncontended atomic add per event it counts and never a syscall;
+// the master reads any cell at any time, even of a child that is stuck, and
+// after a child dies its last counts are still there to be folded into the
+// totals. Messages every second would cost each child a timer and a send,
+// and would lag behind the test that wants exact numbers.
+
+// CellSize is the size of one child's counters in the region.
+const CellSize = 256
+
+// Cells is how many cells the region holds: enough for the largest pool
+// twice over (old and new generation during a reload) with room for
+// respawns.
+const Cells = 4096
+
+// Cell holds one child's counters. Every field is updated atomically, from
+// the child's loop and its pool workers, and read by the master.
+type Cell struct {
+	Pid         atomic.Int64
+	Accepted    atomic.Uint64 // connections the child took
+	Closed      atomic.Uint64 // connections it closed; open = Accepted - Closed
+	Requests    atomic.Uint64
+	BytesIn     atomic.Uint64
+	BytesOut    atomic.Uint64
+	Responses   [6]atomic.Uint64 // by status class: [2] counts 2xx; [0] is unused
+	ParseErrors atomic.Uint64
+	Timeouts    atomic.Uint64
+}
+
+var _ [CellSize - unsafe.Sizeof(Cell{})]byte // a Cell must fit its slot
+
+// Stats is the mapped region of cells.
+type Stats struct {
+	fd  int
+	mem []byte
+}
+
+// NewStats creates and maps a region of Cells cells. The fd is close-on-exec;
+// pass it to a child explicitly.
+func NewStats() (*Stats, error) {
+	fd, err := unix.MemfdCreate("procpool-stats", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("memfd_create", err)
+	}
+	if err := unix.Ftruncate(fd, Cells*CellSize); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("ftruncate", err)
+	}
+	return mapStats(fd)
+}
+
+// OpenStats maps a region received from the master. It takes ownership of fd.
+func OpenStats(fd int) (*Stats, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, os.NewSyscallError("fstat", err)
+	}
+	if st.Size != Cells*CellSize {
+		return nil, fmt.Errorf("ipc: stats region has %d bytes, want %d", st.Size, Cells*CellSize)
+	}
+	return mapStats(fd)
+}
+
+func mapStats(fd int) (*Stats, error) {
+	mem, err := unix.Mmap(fd, 0, Cells*CellSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("mmap", err)
+	}
+	return &Stats{fd: fd, mem: mem}, nil
+}
+
+// Fd is the memfd, to pass to a child.
+func (s *Stats) Fd() int { return s.fd }
+
+// Cell returns cell i, which must be in [0, Cells).
+func (s *Stats) Cell(i int) *Cell {
+	return (*Cell)(unsafe.Pointer(&s.mem[i*CellSize]))
+}
+
+// Reset zeroes cell i before it is given to a new child.
+func (s *Stats) Reset(i int) {
+	c := s.Cell(i)
+	c.Pid.Store(0)
+	c.Accepted.Store(0)
+	c.Closed.Store(0)
+	c.Requests.Store(0)
+	c.BytesIn.Store(0)
+	c.BytesOut.Store(0)
+	for j := range c.Responses {
+		c.Responses[j].Store(0)
+	}
+	c.ParseErrors.Store(0)
+	c.Timeouts.Store(0)
+}
+
+// Close unmaps the region and closes the fd.
+func (s *Stats) Close() error {
+	unix.Munmap(s.mem)
+	return unix.Close(s.fd)
+}
+
+// Snapshot is a plain copy of a Cell's counters.
+type Snapshot struct {
+	Accepted, Closed, Requests, BytesIn, BytesOut uint64
+	Responses                                     [6]uint64
+	ParseErrors, Timeouts                         uint64
+}
+
+// Load copies the counters.
+func (c *Cell) Load() Snapshot {
+	s := Snapshot{
+		Accepted: c.Accepted.Load(), Closed: c.Closed.Load(), Requests: c.Requests.Load(),
+		BytesIn: c.BytesIn.Load(), BytesOut: c.BytesOut.Load(),
+		ParseErrors: c.ParseErrors.Load(), Timeouts: c.Timeouts.Load(),
+	}
+	for i := range c.Responses {
+		s.Responses[i] = c.Responses[i].Load()
+	}
+	return s
+}
+
+// Add sums o into s.
+func (s *Snapshot) Add(o Snapshot) {
+	s.Accepted += o.Accepted
+	s.Closed += o.Closed
+	s.Requests += o.Requests
+	s.BytesIn += o.BytesIn
+	s.BytesOut += o.BytesOut
+	for i := range s.Responses {
+		s.Responses[i] += o.Responses[i]
+	}
+	s.ParseErrors += o.ParseErrors
+	s.Timeouts += o.Timeouts
+}
