@@ -18,6 +18,9 @@ const (
 	maxQueue = 1024
 	// emfilePause is how long accepting rests when the fd table is full.
 	emfilePause = 100 * time.Millisecond
+	// fullRecheck is how often a master whose children are all at MaxConns
+	// looks whether one has room again.
+	fullRecheck = 10 * time.Millisecond
 )
 
 // accept takes every pending connection (up to maxAccept) into the queue.
@@ -83,7 +86,7 @@ func (m *Master) next() *kid {
 	for range m.targets {
 		k := m.targets[m.rr%len(m.targets)]
 		m.rr++
-		if !k.full {
+		if !k.full && m.hasRoom(k) {
 			return k
 		}
 	}
@@ -110,6 +113,7 @@ func (m *Master) send(k *kid) bool {
 		for _, fd := range b[:n] {
 			unix.Close(fd) // the child holds its own reference now
 		}
+		k.sent += uint64(n)
 		b = b[n:]
 	}
 	m.queue = append(m.queue, b...)
@@ -121,7 +125,7 @@ func (m *Master) send(k *kid) bool {
 // there is somewhere to put new connections.
 func (m *Master) updateAccepting(now time.Time) {
 	want := m.stopping == running && m.lfd >= 0 && m.cfg.Mode == ModeFdpass &&
-		len(m.targets) > 0 && len(m.queue) < maxQueue && !now.Before(m.pausedUntil)
+		len(m.queue) < maxQueue && !now.Before(m.pausedUntil) && m.anyRoom()
 	if want == m.accepting {
 		return
 	}
@@ -136,6 +140,21 @@ func (m *Master) updateAccepting(now time.Time) {
 		return
 	}
 	m.accepting = want
+}
+
+// anyRoom reports whether some target child can take a connection. When
+// none can, the master leaves new connections in the kernel's backlog rather
+// than accept them with nowhere to go; the loop looks again every
+// fullRecheck, since children do not announce closes.
+func (m *Master) anyRoom() bool {
+	m.allFull = false
+	for _, k := range m.targets {
+		if !k.full && m.hasRoom(k) {
+			return true
+		}
+	}
+	m.allFull = len(m.targets) > 0
+	return false
 }
 
 // accept4 accepts without asking for the peer address, which would allocate.

@@ -38,6 +38,8 @@ type kid struct {
 	batch   []int // fds dealt to this child in this turn
 	full    bool  // its channel returned EAGAIN; wait for EPOLLOUT
 	killed  bool
+	cell    int    // its counters in the shared stats region
+	sent    uint64 // connections handed to it
 }
 
 func (k *kid) closeChannel() {
@@ -134,11 +136,18 @@ func (m *Master) spawn(slot int) error {
 	if m.cfg.Affinity && len(m.cpus) > 0 {
 		cpu = m.cpus[slot%len(m.cpus)]
 	}
-	env := childEnv(slot, m.gen, m.addr)
+	cell, ok := m.allocCell()
+	if !ok {
+		unix.Close(mfd)
+		unix.Close(cfd)
+		return errNoCell
+	}
+	env := childEnv(slot, m.gen, m.addr, cell)
 	attr := &syscall.ProcAttr{
-		Env:   env,
-		Files: []uintptr{uintptr(m.null), uintptr(os.Stderr.Fd()), uintptr(os.Stderr.Fd()), uintptr(cfd)},
-		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential},
+		Env: env,
+		Files: []uintptr{uintptr(m.null), uintptr(os.Stderr.Fd()), uintptr(os.Stderr.Fd()), uintptr(cfd),
+			uintptr(m.stats.Fd())},
+		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential},
 	}
 	// /proc/self/exe is this master's own binary even if the file on disk
 	// was replaced since: children always run the master's code.
@@ -147,10 +156,12 @@ func (m *Master) spawn(slot int) error {
 	if err != nil {
 		unix.Close(mfd)
 		unix.Close(cfd)
+		m.freeCells = append(m.freeCells, cell)
 		return err
 	}
+	m.stats.Cell(cell).Pid.Store(int64(pid))
 	k := &kid{pid: pid, slot: slot, gen: m.gen, cpu: cpu, ch: ipc.NewChannel(mfd), peer: cfd,
-		state: starting, started: time.Now()}
+		state: starting, started: time.Now(), cell: cell}
 	if err := m.poller.Add(mfd, epoll.In); err != nil {
 		// Without its channel the child is useless; it will see EOF and exit.
 		unix.Kill(pid, unix.SIGKILL)
@@ -164,7 +175,7 @@ func (m *Master) spawn(slot int) error {
 	return nil
 }
 
-func childEnv(slot, gen int, addr string) []string {
+func childEnv(slot, gen int, addr string, cell int) []string {
 	var env []string
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "PROCPOOL_") {
@@ -172,7 +183,7 @@ func childEnv(slot, gen int, addr string) []string {
 		}
 	}
 	return append(env, fmt.Sprintf("%s=%d", EnvSlot, slot), fmt.Sprintf("%s=%d", EnvGen, gen),
-		EnvListen+"="+addr)
+		EnvListen+"="+addr, fmt.Sprintf("%s=%d", EnvCell, cell))
 }
 
 // reap collects every exited child. Only Wait4(-1, WNOHANG) is used, so no
@@ -247,6 +258,7 @@ func (m *Master) bury(k *kid) {
 		}
 	}
 	k.closeChannel()
+	m.releaseCell(k)
 	for i, x := range m.kids {
 		if x == k {
 			m.kids = append(m.kids[:i], m.kids[i+1:]...)

@@ -42,6 +42,7 @@ type Config struct {
 	Mode     string        // ModeFdpass or ModeReuseport
 	Affinity bool          // pin child i to the i-th allowed CPU
 	Backlog  int           // listen backlog; <= 0 for the kernel's maximum
+	MaxConns int           // most connections per child; 0: no limit
 	Grace    time.Duration // how long a graceful stop waits for children (0: kill at once)
 	// Args are the arguments a child is started with (argv[0] is added): the
 	// effective settings, so a child never re-reads a config file that may
@@ -95,8 +96,14 @@ type Master struct {
 	slots   []slotState
 	cpus    []int
 
+	stats     *ipc.Stats
+	freeCells []int
+	nextCell  int
+	retired   ipc.Snapshot // counts of children that are gone
+
 	queue       []int // accepted fds not yet handed to a child
 	accepting   bool
+	allFull     bool // every target child is at MaxConns
 	pausedUntil time.Time
 	lastEMFILE  time.Time
 
@@ -142,6 +149,10 @@ func start(cfg Config) (*Master, error) {
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, os.NewSyscallError("open /dev/null", err)
+	}
+	if m.stats, err = ipc.NewStats(); err != nil {
+		m.close()
+		return nil, err
 	}
 	if m.poller, err = epoll.Open(); err != nil {
 		m.close()
@@ -276,6 +287,9 @@ func (m *Master) timeout() int {
 		consider(m.slots[i].respawnAt)
 	}
 	consider(m.pausedUntil)
+	if m.allFull {
+		consider(now.Add(fullRecheck))
+	}
 	if m.upgradeFd >= 0 {
 		consider(m.upgradeDeadline)
 	}
@@ -353,6 +367,9 @@ func (m *Master) close() {
 	}
 	if m.upgradeFd >= 0 {
 		unix.Close(m.upgradeFd)
+	}
+	if m.stats != nil {
+		m.stats.Close()
 	}
 }
 

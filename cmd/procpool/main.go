@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	"github.com/procpool/procpool/child"
+	"github.com/procpool/procpool/ipc"
 	"github.com/procpool/procpool/master"
 )
 
@@ -107,6 +109,7 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Affinity:   s.affinity,
 		Backlog:    s.backlog,
 		Grace:      s.grace,
+		MaxConns:   s.maxConns,
 		Args:       s.childArgs(),
 		Exe:        exe,
 		MasterArgs: s.args,
@@ -143,6 +146,15 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		Limits:   s.limits,
 		Timeouts: s.timeouts,
 		Reopen:   func() { openLog(s.logPath) },
+		MaxConns: s.maxConns,
+	}
+	if cell, err := strconv.Atoi(os.Getenv(master.EnvCell)); err == nil && cell >= 0 && cell < ipc.Cells {
+		stats, err := ipc.OpenStats(master.StatsFd)
+		if err != nil {
+			fmt.Fprintf(stderr, "procpool child %d: %v\n", slot, err)
+			return exitFatal
+		}
+		cfg.Stats = stats.Cell(cell)
 	}
 	if s.mode == master.ModeReuseport {
 		addr := os.Getenv(master.EnvListen)

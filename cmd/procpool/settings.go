@@ -26,6 +26,7 @@ type settings struct {
 	backlog  int
 	grace    time.Duration
 	pool     int
+	maxConns int
 	limits   child.Limits
 	timeouts child.Timeouts
 	signal   string
@@ -43,7 +44,7 @@ type settings struct {
 }
 
 // childFlags are the settings a child needs; they are passed on explicitly.
-var childFlags = []string{"listen", "workers", "mode", "affinity", "pool", "log",
+var childFlags = []string{"listen", "workers", "mode", "affinity", "pool", "log", "max-conns",
 	"max-request-line", "max-header-bytes", "max-headers", "max-body",
 	"header-timeout", "body-timeout", "idle-timeout", "write-timeout", "linger-timeout"}
 
@@ -61,6 +62,7 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.config, "config", "", "config `file` of key = value lines (the flag names); re-read on SIGHUP")
 	fs.IntVar(&s.backlog, "backlog", 0, "listen backlog (0: the kernel's maximum, net.core.somaxconn)")
 	fs.DurationVar(&s.grace, "grace", 10*time.Second, "how long a graceful stop waits for open requests")
+	fs.IntVar(&s.maxConns, "max-conns", 65536, "most connections one child holds; when every child is full the master stops accepting (0: no limit)")
 	fs.IntVar(&s.pool, "pool", 0, "worker goroutines per child for blocking handlers (0: handlers run inline in the event loop)")
 	fs.IntVar(&s.limits.MaxRequestLine, "max-request-line", child.DefaultLimits.MaxRequestLine, "longest request line in bytes (414 beyond)")
 	fs.IntVar(&s.limits.MaxHeaderBytes, "max-header-bytes", child.DefaultLimits.MaxHeaderBytes, "largest header block in bytes (431 beyond)")
@@ -155,6 +157,8 @@ func (s *settings) validate() error {
 		return bad("-mode: want fdpass or reuseport, got %q", s.mode)
 	case s.workers < 1 || s.workers > 1024:
 		return bad("-workers: want 1 to 1024, got %d", s.workers)
+	case s.maxConns < 0:
+		return bad("-max-conns: must not be negative")
 	case s.pool < 0 || s.pool > 10000:
 		return bad("-pool: want 0 to 10000, got %d", s.pool)
 	case s.backlog < 0:

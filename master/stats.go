@@ -1,0 +1,57 @@
+package master
+
+import (
+	"errors"
+
+	"github.com/procpool/procpool/ipc"
+)
+
+// Children find their counters through these: the stats region is fd 4, and
+// EnvCell names their cell in it.
+const (
+	StatsFd = 4
+	EnvCell = "PROCPOOL_CELL"
+)
+
+var errNoCell = errors.New("no free stats cell: too many children")
+
+// allocCell takes a free cell of the stats region and zeroes it.
+func (m *Master) allocCell() (int, bool) {
+	if len(m.freeCells) == 0 {
+		if m.nextCell == ipc.Cells {
+			return 0, false
+		}
+		m.freeCells = append(m.freeCells, m.nextCell)
+		m.nextCell++
+	}
+	c := m.freeCells[len(m.freeCells)-1]
+	m.freeCells = m.freeCells[:len(m.freeCells)-1]
+	m.stats.Reset(c)
+	return c, true
+}
+
+// releaseCell folds a dead child's final counts into the totals, so the
+// pool's counters never go backwards, and frees its cell.
+func (m *Master) releaseCell(k *kid) {
+	if k.cell < 0 {
+		return
+	}
+	m.retired.Add(m.stats.Cell(k.cell).Load())
+	m.freeCells = append(m.freeCells, k.cell)
+	k.cell = -1
+}
+
+// open is how many connections k holds or has yet to take: what the master
+// sent it minus what it closed. In reuseport mode the child counts its own.
+func (m *Master) open(k *kid) uint64 {
+	c := m.stats.Cell(k.cell)
+	if m.cfg.Mode == ModeReuseport {
+		return c.Accepted.Load() - c.Closed.Load()
+	}
+	return k.sent - c.Closed.Load()
+}
+
+// hasRoom reports whether k may be given another connection.
+func (m *Master) hasRoom(k *kid) bool {
+	return m.cfg.MaxConns <= 0 || m.open(k) < uint64(m.cfg.MaxConns)
+}
