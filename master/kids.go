@@ -171,6 +171,7 @@ func (m *Master) spawn(slot int) error {
 		return err
 	}
 	m.kids = append(m.kids, k)
+	m.publish()
 	m.log.Info("child spawned", "pid", pid, "slot", slot, "gen", m.gen, "cpu", cpu)
 	return nil
 }
@@ -393,6 +394,7 @@ func (m *Master) tellAll(cmd ipc.Cmd) {
 // retarget recomputes where new connections go: the ready children of the
 // newest generation that has any, in slot order.
 func (m *Master) retarget() {
+	defer m.publish()
 	m.targets = m.targets[:0]
 	best := -1
 	for _, k := range m.kids {

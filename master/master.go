@@ -43,6 +43,7 @@ type Config struct {
 	Affinity bool          // pin child i to the i-th allowed CPU
 	Backlog  int           // listen backlog; <= 0 for the kernel's maximum
 	MaxConns int           // most connections per child; 0: no limit
+	Admin    string        // address of the status listener (host:port or unix:/path); "" for none
 	Grace    time.Duration // how long a graceful stop waits for children (0: kill at once)
 	// Args are the arguments a child is started with (argv[0] is added): the
 	// effective settings, so a child never re-reads a config file that may
@@ -100,6 +101,7 @@ type Master struct {
 	freeCells []int
 	nextCell  int
 	retired   ipc.Snapshot // counts of children that are gone
+	admin     *admin       // nil without -admin
 
 	queue       []int // accepted fds not yet handed to a child
 	accepting   bool
@@ -183,6 +185,12 @@ func start(cfg Config) (*Master, error) {
 		return nil, err
 	}
 	m.setWorkers(cfg.Workers)
+	if cfg.Admin != "" {
+		if err := m.startAdmin(cfg.Admin); err != nil {
+			m.close()
+			return nil, err
+		}
+	}
 	m.log.Info("master started", "pid", os.Getpid(), "listen", m.addr, "mode", cfg.Mode, "workers", cfg.Workers)
 	return m, nil
 }
@@ -367,6 +375,9 @@ func (m *Master) close() {
 	}
 	if m.upgradeFd >= 0 {
 		unix.Close(m.upgradeFd)
+	}
+	if m.admin != nil {
+		m.admin.stop()
 	}
 	if m.stats != nil {
 		m.stats.Close()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -22,4 +23,13 @@ func openLog(path string) error {
 		return os.NewSyscallError("dup3", err)
 	}
 	return nil
+}
+
+// newLogger is the master's lifecycle log: one line per event, on stderr
+// (which -log points at a file).
+func newLogger(json bool) *slog.Logger {
+	if json {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
 }

@@ -47,7 +47,7 @@ func run(args []string, stderr io.Writer) int {
 
 func runMaster(s *settings, stderr io.Writer) int {
 	if s.signal != "" {
-		return control(s, stderr)
+		return control(s, os.Stdout, stderr)
 	}
 	upgraded := os.Getenv(master.EnvInheritFd) != ""
 	if s.daemon && os.Getenv(master.EnvDaemonFd) == "" && !upgraded {
@@ -110,6 +110,8 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Backlog:    s.backlog,
 		Grace:      s.grace,
 		MaxConns:   s.maxConns,
+		Admin:      s.admin,
+		Log:        newLogger(s.logJSON),
 		Args:       s.childArgs(),
 		Exe:        exe,
 		MasterArgs: s.args,

@@ -34,6 +34,8 @@ type settings struct {
 	pidfile  string
 	logPath  string
 	user     string
+	admin    string
+	logJSON  bool
 
 	// args holds the command line as given, so that a reload can apply it
 	// again over a re-read config file: the command line always wins.
@@ -48,8 +50,9 @@ var childFlags = []string{"listen", "workers", "mode", "affinity", "pool", "log"
 	"max-request-line", "max-header-bytes", "max-headers", "max-body",
 	"header-timeout", "body-timeout", "idle-timeout", "write-timeout", "linger-timeout"}
 
-// usageError is a bad flag, config line or value: exit status 2.
-type usageError struct{ msg string }
+// usageError is a bad flag, config line or value: exit status 2. flag names
+// the setting a bad value belongs to, if one does.
+type usageError struct{ msg, flag string }
 
 func (e *usageError) Error() string { return e.msg }
 
@@ -77,7 +80,9 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.pidfile, "pidfile", "procpool.pid", "`file` holding the master's pid, locked while it runs (written with -daemon or when given)")
 	fs.StringVar(&s.logPath, "log", "", "lifecycle and error log `file` (default stderr); reopened on SIGUSR1")
 	fs.StringVar(&s.user, "user", "", "run children as this `user` (the master must start as root; fdpass mode)")
-	fs.StringVar(&s.signal, "s", "", "send `signal` to the running master: stop, quit, reload, reopen, upgrade")
+	fs.StringVar(&s.admin, "admin", "", "`address` of the status listener: GET /status (JSON), GET /metrics (Prometheus); host:port on loopback or unix:/path")
+	fs.BoolVar(&s.logJSON, "log-json", false, "write the lifecycle log as JSON lines instead of text")
+	fs.StringVar(&s.signal, "s", "", "act on the running master: stop, quit, reload, reopen, upgrade (signals, found through -pidfile), status (the table, read from -admin)")
 	return fs
 }
 
@@ -92,28 +97,37 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, &usageError{err.Error()}
+		return nil, &usageError{msg: err.Error()}
 	}
 	if fs.NArg() > 0 {
-		return nil, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+		return nil, &usageError{msg: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	lines := map[string]int{} // the config line that set each key
 	if s.config != "" {
-		if err := applyConfig(fs, s.config, set); err != nil {
+		if err := applyConfig(fs, s.config, set, lines); err != nil {
 			return nil, err
 		}
 	}
 	// Visit sees flags set by the config file too.
 	fs.Visit(func(f *flag.Flag) { s.pidfileSet = s.pidfileSet || f.Name == "pidfile" })
-	return s, s.validate()
+	if err := s.validate(); err != nil {
+		// A bad value from the file is reported at its line.
+		if ue, ok := err.(*usageError); ok && lines[ue.flag] > 0 {
+			return nil, &usageError{msg: fmt.Sprintf("config %s line %d: %s", s.config, lines[ue.flag], ue.msg)}
+		}
+		return nil, err
+	}
+	return s, nil
 }
 
-// applyConfig reads key = value lines; # starts a comment.
-func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool) error {
+// applyConfig reads key = value lines; # starts a comment. It records in
+// lines the line number of each key it applies.
+func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool, lines map[string]int) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return &usageError{fmt.Sprintf("config: %v", err)}
+		return &usageError{msg: fmt.Sprintf("config: %v", err)}
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -129,7 +143,7 @@ func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool) error {
 		key, value, ok := strings.Cut(line, "=")
 		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
 		bad := func(why string) error {
-			return &usageError{fmt.Sprintf("config %s line %d: %s", path, n, why)}
+			return &usageError{msg: fmt.Sprintf("config %s line %d: %s", path, n, why)}
 		}
 		switch {
 		case !ok || key == "":
@@ -142,44 +156,68 @@ func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool) error {
 		if err := fs.Set(key, value); err != nil {
 			return bad(fmt.Sprintf("%s: %v", key, err))
 		}
+		lines[key] = n
 
 	}
 	if err := sc.Err(); err != nil {
-		return &usageError{fmt.Sprintf("config %s: %v", path, err)}
+		return &usageError{msg: fmt.Sprintf("config %s: %v", path, err)}
 	}
 	return nil
 }
 
 func (s *settings) validate() error {
-	bad := func(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+	// flag is the setting to blame, so a bad value from the config file is
+	// reported at its line.
+	bad := func(flag, format string, a ...any) error {
+		return &usageError{msg: fmt.Sprintf(format, a...), flag: flag}
+	}
+	const limits = "limits: -max-request-line and -max-header-bytes want at least 64, -max-headers at least 1, -max-body at least 0"
+	const timeouts = "timeouts must be positive"
 	switch {
 	case s.mode != master.ModeFdpass && s.mode != master.ModeReuseport:
-		return bad("-mode: want fdpass or reuseport, got %q", s.mode)
+		return bad("mode", "-mode: want fdpass or reuseport, got %q", s.mode)
 	case s.workers < 1 || s.workers > 1024:
-		return bad("-workers: want 1 to 1024, got %d", s.workers)
+		return bad("workers", "-workers: want 1 to 1024, got %d", s.workers)
 	case s.maxConns < 0:
-		return bad("-max-conns: must not be negative")
+		return bad("max-conns", "-max-conns: must not be negative")
 	case s.pool < 0 || s.pool > 10000:
-		return bad("-pool: want 0 to 10000, got %d", s.pool)
+		return bad("pool", "-pool: want 0 to 10000, got %d", s.pool)
 	case s.backlog < 0:
-		return bad("-backlog: must not be negative")
+		return bad("backlog", "-backlog: must not be negative")
 	case s.grace < 0:
-		return bad("-grace: must not be negative")
-	case s.limits.MaxRequestLine < 64, s.limits.MaxHeaderBytes < 64, s.limits.MaxHeaders < 1, s.limits.MaxBody < 0:
-		return bad("limits: -max-request-line and -max-header-bytes want at least 64, -max-headers at least 1, -max-body at least 0")
-	case s.timeouts.Header <= 0 || s.timeouts.Body <= 0 || s.timeouts.Idle <= 0 || s.timeouts.Write <= 0 || s.timeouts.Linger <= 0:
-		return bad("timeouts must be positive")
+		return bad("grace", "-grace: must not be negative")
+	case s.limits.MaxRequestLine < 64:
+		return bad("max-request-line", limits)
+	case s.limits.MaxHeaderBytes < 64:
+		return bad("max-header-bytes", limits)
+	case s.limits.MaxHeaders < 1:
+		return bad("max-headers", limits)
+	case s.limits.MaxBody < 0:
+		return bad("max-body", limits)
+	case s.timeouts.Header <= 0:
+		return bad("header-timeout", timeouts)
+	case s.timeouts.Body <= 0:
+		return bad("body-timeout", timeouts)
+	case s.timeouts.Idle <= 0:
+		return bad("idle-timeout", timeouts)
+	case s.timeouts.Write <= 0:
+		return bad("write-timeout", timeouts)
+	case s.timeouts.Linger <= 0:
+		return bad("linger-timeout", timeouts)
 	}
 	if _, _, err := splitAddr(s.listen); err != nil {
-		return bad("-listen: %v", err)
+		return bad("listen", "-listen: %v", err)
 	}
 	if s.user != "" && s.mode == master.ModeReuseport {
-		return bad("-user works in fdpass mode only: the kernel lets only the same user join a SO_REUSEPORT group")
+		return bad("user", "-user works in fdpass mode only: the kernel lets only the same user join a SO_REUSEPORT group")
 	}
-	if s.signal != "" {
+	if s.signal != "" && s.signal != "status" {
 		if _, ok := master.SignalByName(s.signal); !ok {
-			return bad("-s: want stop, quit, reload, reopen or upgrade, got %q", s.signal)
+			return bad("s", "-s: want stop, quit, reload, reopen, upgrade or status, got %q", s.signal)
 		}
+	}
+	if s.signal == "status" && s.admin == "" {
+		return bad("s", "-s status reads the table from the admin listener: give -admin (or admin = in -config)")
 	}
 	return nil
 }

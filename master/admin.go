@@ -1,0 +1,225 @@
+package master
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/procpool/procpool/ipc"
+)
+
+// The admin listener serves /status (JSON) and /metrics (Prometheus text)
+// from goroutines of the master process, never from a child and never from
+// the master's loop: the loop publishes an immutable view of its children
+// whenever they change, and the counters are read straight from the shared
+// stats region. Serving it costs the children nothing.
+
+// view is what the loop publishes about the pool.
+type view struct {
+	gen      int
+	children []childView
+	retired  ipc.Snapshot
+}
+
+type childView struct {
+	pid, slot, gen, cpu, cell int
+	state                     string
+	started                   time.Time
+}
+
+// publish makes the current children visible to the admin server.
+func (m *Master) publish() {
+	if m.admin == nil {
+		return
+	}
+	v := &view{gen: m.gen, retired: m.retired}
+	for _, k := range m.kids {
+		if k.cell < 0 {
+			continue
+		}
+		v.children = append(v.children, childView{pid: k.pid, slot: k.slot, gen: k.gen, cpu: k.cpu,
+			cell: k.cell, state: k.state.String(), started: k.started})
+	}
+	m.admin.view.Store(v)
+}
+
+type admin struct {
+	stats   *ipc.Stats
+	mode    string
+	started time.Time
+	view    atomic.Pointer[view]
+	srv     *http.Server
+	rates   rates
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startAdmin listens on addr: host:port on loopback, or unix:/path.
+func (m *Master) startAdmin(addr string) error {
+	network, address := "tcp", addr
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, address = "unix", p
+		os.Remove(p)
+	}
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		return fmt.Errorf("-admin %s: %w", addr, err)
+	}
+	a := &admin{stats: m.stats, mode: m.cfg.Mode, started: time.Now(), done: make(chan struct{})}
+	a.rates.last = map[int]sample{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", a.serveStatus)
+	mux.HandleFunc("GET /metrics", a.serveMetrics)
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	m.admin = a
+	m.publish()
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.log.Error("admin server", "err", err)
+		}
+	}()
+	go a.sample()
+	m.log.Info("admin listening", "addr", ln.Addr().String())
+	return nil
+}
+
+func (a *admin) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	a.srv.Shutdown(ctx)
+	close(a.done)
+	a.wg.Wait()
+}
+
+// rates keeps the request counts of the last seconds per child, for req/s.
+type rates struct {
+	mu   sync.Mutex
+	last map[int]sample // by pid
+}
+
+type sample struct {
+	hist [rateWindow + 1]uint64
+	n    int
+}
+
+const rateWindow = 5 // seconds
+
+func (a *admin) sample() {
+	defer a.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.done:
+			return
+		case <-t.C:
+		}
+		v := a.view.Load()
+		a.rates.mu.Lock()
+		seen := map[int]bool{}
+		for _, c := range v.children {
+			s := a.rates.last[c.pid]
+			copy(s.hist[1:], s.hist[:rateWindow])
+			s.hist[0] = a.stats.Cell(c.cell).Requests.Load()
+			s.n = min(s.n+1, rateWindow+1)
+			a.rates.last[c.pid] = s
+			seen[c.pid] = true
+		}
+		for pid := range a.rates.last {
+			if !seen[pid] {
+				delete(a.rates.last, pid)
+			}
+		}
+		a.rates.mu.Unlock()
+	}
+}
+
+// rate is the child's requests per second over the last seconds.
+func (a *admin) rate(pid int) float64 {
+	a.rates.mu.Lock()
+	defer a.rates.mu.Unlock()
+	s, ok := a.rates.last[pid]
+	if !ok || s.n < 2 {
+		return 0
+	}
+	return float64(s.hist[0]-s.hist[s.n-1]) / float64(s.n-1)
+}
+
+// ChildStatus is one child in /status.
+type ChildStatus struct {
+	Pid         int               `json:"pid"`
+	Slot        int               `json:"slot"`
+	Generation  int               `json:"generation"`
+	CPU         int               `json:"cpu"`
+	State       string            `json:"state"`
+	Started     time.Time         `json:"started"`
+	RSSBytes    int64             `json:"rss_bytes"`
+	Accepted    uint64            `json:"accepted"`
+	Open        uint64            `json:"open"`
+	Requests    uint64            `json:"requests"`
+	ReqPerSec   float64           `json:"req_per_sec"`
+	BytesIn     uint64            `json:"bytes_in"`
+	BytesOut    uint64            `json:"bytes_out"`
+	Responses   map[string]uint64 `json:"responses"`
+	ParseErrors uint64            `json:"parse_errors"`
+	Timeouts    uint64            `json:"timeouts"`
+}
+
+// Status is the document /status serves.
+type Status struct {
+	MasterPid  int           `json:"master_pid"`
+	Mode       string        `json:"mode"`
+	Uptime     float64       `json:"uptime_seconds"`
+	Generation int           `json:"generation"`
+	Children   []ChildStatus `json:"children"`
+}
+
+func (a *admin) status() Status {
+	v := a.view.Load()
+	st := Status{MasterPid: os.Getpid(), Mode: a.mode, Uptime: time.Since(a.started).Seconds(),
+		Generation: v.gen, Children: []ChildStatus{}}
+	for _, c := range v.children {
+		s := a.stats.Cell(c.cell).Load()
+		cs := ChildStatus{Pid: c.pid, Slot: c.slot, Generation: c.gen, CPU: c.cpu, State: c.state,
+			Started: c.started, RSSBytes: rss(c.pid), Accepted: s.Accepted, Open: s.Accepted - s.Closed,
+			Requests: s.Requests, ReqPerSec: a.rate(c.pid), BytesIn: s.BytesIn, BytesOut: s.BytesOut,
+			Responses: map[string]uint64{}, ParseErrors: s.ParseErrors, Timeouts: s.Timeouts}
+		for class := 1; class <= 5; class++ {
+			cs.Responses[strconv.Itoa(class)+"xx"] = s.Responses[class]
+		}
+		st.Children = append(st.Children, cs)
+	}
+	return st
+}
+
+func (a *admin) serveStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(a.status())
+}
+
+// rss reads a process's resident set size from /proc/PID/statm.
+func rss(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
