@@ -41,6 +41,8 @@ type Config struct {
 	// reuseport mode it stops accepting at the limit (the master does the
 	// same for it in fdpass mode). 0: no limit.
 	MaxConns int
+	// AccessLog, when set, receives one combined-format line per request.
+	AccessLog *AccessLog
 	// Reopen, when set, reopens the child's log files (SIGUSR1 or the
 	// master's CmdReopen).
 	Reopen func()

@@ -1,6 +1,9 @@
 package child
 
-import "sync"
+import (
+	"net/netip"
+	"sync"
+)
 
 // conn is the state of one client connection. An idle keep-alive connection
 // owns no buffer: in and out are taken from bufPool only while a partial
@@ -12,12 +15,13 @@ type conn struct {
 	out   []byte // response bytes the kernel has not taken yet; nil when none
 	after verdict
 
-	need       int   // len(in) below which parsing cannot succeed
-	deadline   int64 // unix nanoseconds when the connection times out
-	reqStarted int64 // when the request in progress began; 0 when idle
-	continued  bool  // 100 Continue already sent for the request in progress
-	linger     int   // bytes still accepted while lingering
-	busy       bool  // a pool worker holds it; the loop keeps its hands off
+	need       int        // len(in) below which parsing cannot succeed
+	deadline   int64      // unix nanoseconds when the connection times out
+	reqStarted int64      // when the request in progress began; 0 when idle
+	continued  bool       // 100 Continue already sent for the request in progress
+	linger     int        // bytes still accepted while lingering
+	busy       bool       // a pool worker holds it; the loop keeps its hands off
+	peer       netip.Addr // the client, only kept for the access log
 }
 
 type connState uint8

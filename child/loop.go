@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -86,6 +87,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 		fds:    make([]int, 0, ipc.MaxFds),
 	}
 	l.sess = newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+	l.sess.alog = newLogBuf(cfg.AccessLog)
 	// Signals come from the master's fallback path or from a terminal that
 	// signals the whole process group; the master decides the rest.
 	signal.Ignore(unix.SIGHUP, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU)
@@ -156,6 +158,9 @@ func (l *loop) run() error {
 			}
 		}
 		l.sess.clk.tick()
+		if l.sess.alog != nil {
+			l.sess.alog.tick(l.sess.clk.now)
+		}
 		if now := l.sess.clk.now.UnixNano(); now >= l.sweepAt {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
@@ -234,6 +239,9 @@ func (l *loop) register(fd int) {
 	}
 	c := l.newConn()
 	c.fd = fd
+	if l.cfg.AccessLog != nil {
+		c.peer = peerAddr(fd)
+	}
 	c.state = stReading
 	c.deadline = l.sess.clk.now.Add(l.cfg.Timeouts.Header).UnixNano()
 	if err := l.poller.Add(fd, connEvents); err != nil {
@@ -350,6 +358,9 @@ func (l *loop) close() {
 	if l.pool != nil {
 		l.pool.stop()
 	}
+	if l.sess.alog != nil {
+		l.sess.alog.flush(time.Now())
+	}
 	for _, c := range l.conns {
 		if c != nil {
 			l.closeConn(c)
@@ -367,4 +378,19 @@ func accept4(lfd int) (int, error) {
 		return -1, e
 	}
 	return int(fd), nil
+}
+
+// peerAddr is the client's address, for the access log.
+func peerAddr(fd int) netip.Addr {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return netip.Addr{}
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr).Unmap()
+	}
+	return netip.Addr{}
 }

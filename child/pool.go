@@ -3,6 +3,7 @@ package child
 import (
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,6 +41,7 @@ func newPool(n int, h Handler, l *loop) (*pool, error) {
 	}
 	for i := 0; i < n; i++ {
 		s := newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+		s.alog = newLogBuf(l.cfg.AccessLog)
 		p.wg.Add(1)
 		go p.worker(s)
 	}
@@ -49,8 +51,17 @@ func newPool(n int, h Handler, l *loop) (*pool, error) {
 func (p *pool) worker(s *session) {
 	defer p.wg.Done()
 	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+	defer func() {
+		if s.alog != nil {
+			s.alog.flush(time.Now())
+		}
+	}()
 	for c := range p.work {
-		p.done <- finished{c, s.serve(c)}
+		a := s.serve(c)
+		if s.alog != nil {
+			s.alog.tick(s.clk.now)
+		}
+		p.done <- finished{c, a}
 		// EAGAIN would mean the counter is full, so a wake is pending anyway.
 		unix.Write(p.wake, one)
 	}

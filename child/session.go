@@ -14,6 +14,7 @@ import (
 type session struct {
 	h        Handler
 	st       *ipc.Cell
+	alog     *logBuf // nil without an access log
 	lim      *Limits
 	to       *Timeouts
 	draining *atomic.Bool
@@ -55,6 +56,9 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		if status != 0 {
 			s.st.ParseErrors.Add(1)
 			s.st.Responses[status/100].Add(1)
+			if s.alog != nil {
+				s.alog.add(s.clk.now, c.peer, &s.req, status, 0)
+			}
 			return done, appendError(out, status, s.clk.date), vReject
 		}
 		if n == 0 {
@@ -80,6 +84,13 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		}
 		out = appendResponse(out, &s.resp, &s.req, s.clk.date)
 		s.st.Requests.Add(1)
+		if s.alog != nil {
+			size := len(s.resp.body)
+			if isHead(s.req.Method) {
+				size = 0
+			}
+			s.alog.add(s.clk.now, c.peer, &s.req, s.resp.status, size)
+		}
 		if class := s.resp.status / 100; class > 0 && class < len(s.st.Responses) {
 			s.st.Responses[class].Add(1)
 		}

@@ -147,8 +147,21 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		Pool:     s.pool,
 		Limits:   s.limits,
 		Timeouts: s.timeouts,
-		Reopen:   func() { openLog(s.logPath) },
 		MaxConns: s.maxConns,
+	}
+	if s.access != "" {
+		alog, err := child.OpenAccessLog(s.access)
+		if err != nil {
+			fmt.Fprintf(stderr, "procpool child %d: -access-log: %v\n", slot, err)
+			return exitFatal
+		}
+		cfg.AccessLog = alog
+	}
+	cfg.Reopen = func() {
+		openLog(s.logPath)
+		if cfg.AccessLog != nil {
+			cfg.AccessLog.Reopen()
+		}
 	}
 	if cell, err := strconv.Atoi(os.Getenv(master.EnvCell)); err == nil && cell >= 0 && cell < ipc.Cells {
 		stats, err := ipc.OpenStats(master.StatsFd)

@@ -36,6 +36,7 @@ type settings struct {
 	user     string
 	admin    string
 	logJSON  bool
+	access   string
 
 	// args holds the command line as given, so that a reload can apply it
 	// again over a re-read config file: the command line always wins.
@@ -46,7 +47,7 @@ type settings struct {
 }
 
 // childFlags are the settings a child needs; they are passed on explicitly.
-var childFlags = []string{"listen", "workers", "mode", "affinity", "pool", "log", "max-conns",
+var childFlags = []string{"listen", "workers", "mode", "affinity", "pool", "log", "max-conns", "access-log",
 	"max-request-line", "max-header-bytes", "max-headers", "max-body",
 	"header-timeout", "body-timeout", "idle-timeout", "write-timeout", "linger-timeout"}
 
@@ -81,6 +82,7 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.logPath, "log", "", "lifecycle and error log `file` (default stderr); reopened on SIGUSR1")
 	fs.StringVar(&s.user, "user", "", "run children as this `user` (the master must start as root; fdpass mode)")
 	fs.StringVar(&s.admin, "admin", "", "`address` of the status listener: GET /status (JSON), GET /metrics (Prometheus); host:port on loopback or unix:/path")
+	fs.StringVar(&s.access, "access-log", "", "append one combined-format line per request to `file`, buffered in each child; reopened on SIGUSR1")
 	fs.BoolVar(&s.logJSON, "log-json", false, "write the lifecycle log as JSON lines instead of text")
 	fs.StringVar(&s.signal, "s", "", "act on the running master: stop, quit, reload, reopen, upgrade (signals, found through -pidfile), status (the table, read from -admin)")
 	return fs
