@@ -146,6 +146,7 @@ func start(cfg Config) (*Master, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeFdpass
 	}
+	raiseNofile(cfg.Log)
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs()}
 	var err error
@@ -407,4 +408,19 @@ func exitDesc(ws syscall.WaitStatus) []any {
 		return []any{"signal", ws.Signal().String()}
 	}
 	return []any{"status", ws.ExitStatus()}
+}
+
+// raiseNofile lifts the soft fd limit to the hard one: every connection is
+// an fd, in the master for a moment and in a child for its life. Children
+// inherit the raised limit.
+func raiseNofile(log *slog.Logger) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur >= rl.Max {
+		return
+	}
+	old := rl.Cur
+	rl.Cur = rl.Max
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot raise the fd limit", "soft", old, "hard", rl.Max, "err", err)
+	}
 }
