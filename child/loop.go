@@ -49,7 +49,8 @@ type loop struct {
 	pool     *pool // nil in inline mode
 	draining atomic.Bool
 	sweepAt  int64
-	full     bool // MaxConns reached: the own listener is out of the poll set
+	full     bool  // MaxConns reached: the own listener is out of the poll set
+	drainBy  int64 // when idle connections of a draining child close
 	sig      *ipc.SelfPipe
 }
 
@@ -107,17 +108,20 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 	}
 	if cfg.Listener > 0 {
 		if err := p.Add(cfg.Listener, epoll.In); err != nil {
+			l.sig.Close()
 			p.Close()
 			return nil, err
 		}
 	}
 	if cfg.Pool > 0 {
 		if l.pool, err = newPool(cfg.Pool, h, l); err != nil {
+			l.sig.Close()
 			p.Close()
 			return nil, err
 		}
 		if err := p.Add(l.pool.wake, epoll.In); err != nil {
 			l.pool.stop()
+			l.sig.Close()
 			p.Close()
 			return nil, err
 		}
@@ -149,7 +153,7 @@ func (l *loop) run() error {
 				if s.Has(unix.SIGUSR1) {
 					l.reopen()
 				}
-			case fd == l.cfg.Listener:
+			case l.cfg.Listener > 0 && fd == l.cfg.Listener: // 0 means none, and fd 0 may be a client
 				l.accept()
 			case l.pool != nil && fd == l.pool.wake:
 				l.pool.collect()
@@ -293,7 +297,7 @@ func (l *loop) apply(c *conn, a action) {
 	if a == aRead && c.state != stLinger {
 		c.state = stReading
 		if l.draining.Load() && c.in == nil && c.out == nil {
-			a = aClose // idle, and we are going away
+			c.deadline = min(c.deadline, l.drainBy) // idle, and we are going away
 		}
 	}
 	var err error
@@ -347,12 +351,20 @@ func (l *loop) drain() {
 		l.cfg.Listener = -1
 		l.full = false
 	}
+	// An idle keep-alive connection is not closed at once: its client may
+	// have a request on the wire already, and would see the close instead
+	// of an answer. It gets drainIdle to send one, which is answered with
+	// Connection: close; the sweep closes those that stay silent.
+	l.drainBy = time.Now().Add(drainIdle).UnixNano()
 	for _, c := range l.conns {
 		if c != nil && !c.busy && c.state == stReading && c.in == nil {
-			l.closeConn(c)
+			c.deadline = min(c.deadline, l.drainBy)
 		}
 	}
 }
+
+// drainIdle is how long a draining child keeps an idle connection open.
+const drainIdle = time.Second
 
 func (l *loop) close() {
 	if l.pool != nil {
