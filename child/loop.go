@@ -212,8 +212,9 @@ func (l *loop) reopen() {
 	}
 }
 
-// accept takes new connections from the child's own listener (reuseport).
-func (l *loop) accept() {
+// accept takes new connections from the child's own listener (reuseport),
+// at most a batch at a time; it reports whether more may be queued.
+func (l *loop) accept() bool {
 	for i := 0; i < 64; i++ {
 		fd, err := accept4(l.cfg.Listener)
 		switch err {
@@ -226,8 +227,9 @@ func (l *loop) accept() {
 		default:
 			fmt.Fprintf(os.Stderr, "procpool child %d: accept: %v\n", l.cfg.Slot, err)
 		}
-		return
+		return false
 	}
+	return true
 }
 
 // register adopts an accepted connection.
@@ -342,15 +344,21 @@ func (l *loop) sweep(now int64) {
 // drain stops taking work: idle connections close now, busy ones after the
 // response in progress, which carries Connection: close.
 func (l *loop) drain() {
-	if l.draining.Swap(true) {
+	if l.draining.Load() {
 		return
 	}
 	if l.cfg.Listener > 0 {
+		// Take what is queued on our listener before closing it: the kernel
+		// resets whatever is still queued at the close (unless
+		// net.ipv4.tcp_migrate_req moves it to a sibling).
+		for l.accept() {
+		}
 		l.poller.Delete(l.cfg.Listener)
 		unix.Close(l.cfg.Listener)
 		l.cfg.Listener = -1
 		l.full = false
 	}
+	l.draining.Store(true)
 	// An idle keep-alive connection is not closed at once: its client may
 	// have a request on the wire already, and would see the close instead
 	// of an answer. It gets drainIdle to send one, which is answered with

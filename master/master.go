@@ -192,6 +192,11 @@ func start(cfg Config) (*Master, error) {
 			return nil, err
 		}
 	}
+	if cfg.Mode == ModeReuseport {
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req"); err == nil && string(b) == "0\n" {
+			m.log.Info("net.ipv4.tcp_migrate_req is 0: a connection still queued on a retiring child's listener at a reload is reset; set it to 1 to have the kernel move it to a sibling")
+		}
+	}
 	m.log.Info("master started", "pid", os.Getpid(), "listen", m.addr, "mode", cfg.Mode, "workers", cfg.Workers)
 	return m, nil
 }
