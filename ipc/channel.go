@@ -154,7 +154,8 @@ func closeAll(fds []int) []int {
 
 // sendmsg and recvmsg call the kernel directly with a msghdr on the stack:
 // the x/sys wrappers build a Sockaddr for every received message, which would
-// allocate on the child's hot path.
+// allocate on the child's hot path. Channels are non-blocking, so the calls
+// are raw: no scheduler bookkeeping for a call that cannot sleep.
 func sendmsg(fd int, p, oob []byte, flags int) (int, error) {
 	var iov unix.Iovec
 	iov.Base = &p[0]
@@ -166,7 +167,7 @@ func sendmsg(fd int, p, oob []byte, flags int) (int, error) {
 		msg.Control = &oob[0]
 		msg.SetControllen(len(oob))
 	}
-	n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	n, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
 	if e != 0 {
 		return int(n), errnoErr(e)
 	}
@@ -182,7 +183,7 @@ func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) 
 	msg.Iovlen = 1
 	msg.Control = &oob[0]
 	msg.SetControllen(len(oob))
-	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
 	if e != 0 {
 		return 0, 0, 0, errnoErr(e)
 	}

@@ -159,7 +159,7 @@ func (m *Master) anyRoom() bool {
 
 // accept4 accepts without asking for the peer address, which would allocate.
 func accept4(lfd int) (int, error) {
-	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0,
+	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0,
 		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, e
