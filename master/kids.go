@@ -63,8 +63,10 @@ type slotState struct {
 const (
 	backoffBase = 100 * time.Millisecond
 	backoffMax  = 5 * time.Second
-	// A child that lived this long did not die "at start".
-	healthyAfter = 2 * time.Second
+	// spawnGap spaces the spawns of one slot whose children die after
+	// getting ready (killed, or crashing on some request): at most five a
+	// second, however fast they die.
+	spawnGap = 200 * time.Millisecond
 )
 
 func (m *Master) setWorkers(n int) {
@@ -223,12 +225,15 @@ func (m *Master) reap() {
 			m.log.Warn("child died unexpectedly", args...)
 			if k.slot < len(m.slots) && k.gen == m.gen {
 				st := &m.slots[k.slot]
-				if time.Since(k.started) < healthyAfter {
+				if k.state == starting {
+					// It died before it could serve: a broken binary, config
+					// or environment. Retrying at once would only fork-storm.
 					m.backoff(st, time.Now())
 					m.log.Warn("respawn backoff", "slot", k.slot, "failures", st.failures,
 						"delay", time.Until(st.respawnAt).Round(time.Millisecond))
 				} else {
 					st.failures = 0
+					st.respawnAt = k.started.Add(spawnGap)
 				}
 			}
 		}

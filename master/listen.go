@@ -124,6 +124,17 @@ func LocalAddr(fd int) (string, error) {
 // the master holds this socket: it claims the port (and resolves port 0) for
 // the children, which bind the same address and listen, while the kernel
 // never queues a connection on it, since it is not listening.
+//
+// The kernel lets any socket of the same user join a SO_REUSEPORT group, so a
+// second server started on a port this one serves would silently share it.
+// A bind without SO_REUSEPORT first fails if anyone holds the port.
 func Reserve(addr string) (int, error) {
+	if ap, err := resolve(addr); err == nil && ap.Port() != 0 {
+		probe, err := bind(addr, false)
+		if err != nil {
+			return -1, err
+		}
+		unix.Close(probe)
+	}
 	return bind(addr, true)
 }
