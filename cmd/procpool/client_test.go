@@ -1,0 +1,96 @@
+package main
+
+// A raw HTTP/1.1 client: the tests write requests byte for byte and read
+// the responses with net/http's parser.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// dial connects to the server with an I/O deadline.
+func (s *server) dial(t *testing.T) *clientConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", s.addr, ioTimeout)
+	if err != nil {
+		t.Fatalf("dial %s: %v", s.addr, err)
+	}
+	c.SetDeadline(time.Now().Add(ioTimeout))
+	cc := &clientConn{Conn: c, br: bufio.NewReader(c)}
+	t.Cleanup(func() { c.Close() })
+	return cc
+}
+
+// clientConn is a raw TCP connection with a reader for responses.
+type clientConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+// roundTrip writes a raw request and reads one response with its body.
+func (c *clientConn) roundTrip(raw string) (*response, error) {
+	if _, err := io.WriteString(c, raw); err != nil {
+		return nil, err
+	}
+	return c.readResponse()
+}
+
+func (c *clientConn) readResponse() (*response, error) {
+	return readResponse(c.br)
+}
+
+// waitClosed reads until the server closes the connection. Anything but EOF
+// or a reset within the deadline is an error.
+func (c *clientConn) waitClosed(timeout time.Duration) error {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	extra, err := io.ReadAll(c.br)
+	if len(extra) > 0 {
+		return fmt.Errorf("%d unexpected bytes before the close: %q", len(extra), extra)
+	}
+	if err != nil && !isReset(err) {
+		return fmt.Errorf("connection not closed by the server: %v", err)
+	}
+	return nil
+}
+
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+// response is one HTTP response as a client read it.
+type response struct {
+	status int
+	header http.Header
+	body   string
+	close  bool // the server said Connection: close
+}
+
+func readResponse(br *bufio.Reader) (*response, error) {
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	return &response{status: resp.StatusCode, header: resp.Header, body: string(body), close: resp.Close}, nil
+}
+
+// get makes one request on a fresh connection that asks for the close.
+func (s *server) get(t *testing.T, path string) *response {
+	t.Helper()
+	c := s.dial(t)
+	defer c.Close()
+	r, err := c.roundTrip("GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return r
+}

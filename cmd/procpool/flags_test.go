@@ -1,0 +1,161 @@
+package main
+
+// The command line and the config file, through the real binary: exit
+// statuses, messages, and settings that take effect.
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "procpool.conf")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestBadUsage expects exit status 2 and a message naming what is wrong.
+func TestBadUsage(t *testing.T) {
+	t.Parallel()
+	unknownKey := writeConfig(t, "# procpool\nworkers = 2\nfrobnicate = 1\n")
+	badNumber := writeConfig(t, "workers = 2\n\nworkers = many\n")
+	badMode := writeConfig(t, "workers = 2\nmode = foo\n")
+	zeroWorkers := writeConfig(t, "mode = fdpass\n# one\n\nworkers = 0\n")
+	noEquals := writeConfig(t, "workers 2\n")
+	missing := filepath.Join(t.TempDir(), "missing.conf")
+
+	tests := []struct {
+		name string
+		args []string
+		want []string // every one must appear in stderr
+	}{
+		{"workers 0", []string{"-workers", "0"}, []string{"-workers"}},
+		{"workers too many", []string{"-workers=100000"}, []string{"-workers"}},
+		{"mode foo", []string{"-mode", "foo"}, []string{"-mode", "foo"}},
+		{"unknown flag", []string{"-bogus"}, []string{"-bogus"}},
+		{"bad duration", []string{"-grace=soon"}, []string{"-grace"}},
+		{"stray argument", []string{"serve"}, []string{"serve"}},
+		{"config unknown key", []string{"-config", unknownKey}, []string{unknownKey, "line 3", "frobnicate"}},
+		{"config bad number", []string{"-config", badNumber}, []string{badNumber, "line 3", "workers"}},
+		{"config bad mode", []string{"-config", badMode}, []string{badMode, "line 2", "mode"}},
+		{"config zero workers", []string{"-config", zeroWorkers}, []string{zeroWorkers, "line 4", "workers"}},
+		{"config without =", []string{"-config", noEquals}, []string{noEquals, "line 1"}},
+		{"config missing", []string{"-config", missing}, []string{missing}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			// Never the default port, should the bad usage go unnoticed.
+			args := append([]string{"-listen=127.0.0.1:0"}, tt.args...)
+			code, stderr := runToExit(t, args...)
+			if code != 2 {
+				t.Errorf("procpool %v: exit status %d, want 2; stderr:\n%s", args, code, stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("procpool %v: stderr does not name %q:\n%s", args, w, stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestAddressInUse expects exit status 1 when the port is taken.
+func TestAddressInUse(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, mode := range []string{"fdpass", "reuseport"} {
+		t.Run(mode, func(t *testing.T) {
+			code, stderr := runToExit(t, "-listen="+ln.Addr().String(), "-mode="+mode, "-workers=1")
+			if code != 1 {
+				t.Errorf("exit status %d, want 1; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, "already in use") {
+				t.Errorf("stderr does not say the address is already in use:\n%s", stderr)
+			}
+		})
+	}
+}
+
+var reStartedWith = regexp.MustCompile(`msg="master started" .*mode=(\S+) workers=(\d+)`)
+
+func startedWith(t *testing.T, s *server) (mode, workers string) {
+	t.Helper()
+	for _, line := range s.log.snapshot() {
+		if m := reStartedWith.FindStringSubmatch(line); m != nil {
+			return m[1], m[2]
+		}
+	}
+	t.Fatalf("no mode and workers in the start line:\n%s", s.log)
+	return "", ""
+}
+
+// TestConfigFile starts servers from a config file, with and without flags
+// that override it.
+func TestConfigFile(t *testing.T) {
+	t.Parallel()
+	t.Run("file", func(t *testing.T) {
+		t.Parallel()
+		conf := writeConfig(t, "# three children\nworkers = 3   # trailing comment\n")
+		s := startServer(t, "-config="+conf)
+		s.waitReady(3)
+		if _, w := startedWith(t, s); w != "3" {
+			t.Errorf("master started with workers=%s, want 3", w)
+		}
+		if got := s.children(); len(got) != 3 {
+			t.Errorf("master has children %v, want 3", got)
+		}
+		if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+			t.Errorf("GET /: %+v", r)
+		}
+	})
+	t.Run("flag wins", func(t *testing.T) {
+		t.Parallel()
+		conf := writeConfig(t, "workers = 3\nmode = reuseport\n")
+		s := startServer(t, "-workers=1", "-config="+conf)
+		kids := s.waitReady(1)
+		mode, w := startedWith(t, s)
+		if w != "1" {
+			t.Errorf("master started with workers=%s, want the flag's 1 over the file's 3", w)
+		}
+		if mode != "reuseport" {
+			t.Errorf("master started with mode=%s, want the file's reuseport", mode)
+		}
+		if got := s.children(); len(got) != 1 {
+			t.Errorf("master has children %v, want 1", got)
+		}
+		// The child got the file's mode too: it listens itself.
+		ownListener := func(l sockets) bool { return l.byPid[kids[0].pid] == 1 && l.byPid[s.pid] == 0 }
+		if l := pollOwners(t, ownListener, s.port, tcpListen, nil, s.pid, kids[0].pid); !ownListener(l) {
+			t.Errorf("LISTEN sockets: child %d, master %d; want 1 and 0", l.byPid[kids[0].pid], l.byPid[s.pid])
+		}
+		if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+			t.Errorf("GET /: %+v", r)
+		}
+	})
+}
+
+// TestReuseportPortTaken: the kernel would let a second reuseport server of the
+// same user join the first one's SO_REUSEPORT group and silently share its
+// port; procpool refuses instead.
+func TestReuseportPortTaken(t *testing.T) {
+	t.Parallel()
+	first := startServer(t, "-mode=reuseport", "-workers=1")
+	first.waitReady(1)
+	code, stderr := runToExit(t, "-listen="+first.addr, "-mode=reuseport", "-workers=1")
+	if code != 1 || !strings.Contains(stderr, "already in use") {
+		t.Errorf("second reuseport server on %s: exit status %d, want 1 and \"already in use\"; stderr:\n%s",
+			first.addr, code, stderr)
+	}
+}

@@ -1,0 +1,208 @@
+package main
+
+// HTTP as clients see it: keep-alive under a real client, pipelining, and
+// malformed requests that must not disturb anyone else.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const helloBody = "Hello World"
+
+// TestKeepAliveClient sends 2,000 requests from net/http's client, 50
+// goroutines with 40 requests each over at most 50 connections, and checks
+// every answer.
+func TestKeepAliveClient(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2")
+	s.waitReady(2)
+
+	const goroutines, perGoroutine = 50, 40
+	var dials atomic.Int64
+	tr := &http.Transport{
+		MaxIdleConnsPerHost: goroutines,
+		MaxConnsPerHost:     goroutines,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}
+	t.Cleanup(tr.CloseIdleConnections) // before the server's stop, which runs later
+	client := &http.Client{Transport: tr, Timeout: ioTimeout}
+	url := "http://" + s.addr
+
+	var (
+		mu   sync.Mutex
+		errs []string
+		ok   atomic.Int64
+	)
+	fail := func(format string, a ...any) {
+		mu.Lock()
+		errs = append(errs, fmt.Sprintf(format, a...))
+		mu.Unlock()
+	}
+	check := func(req *http.Request, want, wantType string) {
+		resp, err := client.Do(req)
+		if err != nil {
+			fail("%s %s: %v", req.Method, req.URL.Path, err)
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case err != nil:
+			fail("%s %s: reading body: %v", req.Method, req.URL.Path, err)
+		case resp.StatusCode != 200:
+			fail("%s %s: status %d", req.Method, req.URL.Path, resp.StatusCode)
+		case string(body) != want:
+			fail("%s %s: body %q, want %q", req.Method, req.URL.Path, body, want)
+		case wantType != "" && resp.Header.Get("Content-Type") != wantType:
+			fail("%s %s: Content-Type %q, want %q", req.Method, req.URL.Path, resp.Header.Get("Content-Type"), wantType)
+		default:
+			ok.Add(1)
+		}
+	}
+
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range perGoroutine {
+				if (g+i)%2 == 0 {
+					req, _ := http.NewRequest("GET", url+"/", nil)
+					check(req, helloBody, "text/plain")
+					continue
+				}
+				body := fmt.Sprintf("goroutine %02d request %02d %s", g, i, strings.Repeat("x", (g*perGoroutine+i)%300))
+				req, _ := http.NewRequest("POST", url+"/echo", strings.NewReader(body))
+				check(req, body, "")
+			}
+		})
+	}
+	wg.Wait()
+
+	for i, e := range errs {
+		if i == 10 {
+			t.Errorf("... and %d more errors", len(errs)-10)
+			break
+		}
+		t.Error(e)
+	}
+	if got := ok.Load(); got != goroutines*perGoroutine {
+		t.Errorf("%d of %d requests answered correctly", got, goroutines*perGoroutine)
+	}
+	if n := dials.Load(); n > goroutines {
+		t.Errorf("client dialed %d connections for %d goroutines: keep-alive connections were not kept", n, goroutines)
+	}
+}
+
+// TestPipelining writes 100 requests at once on one connection and expects
+// 100 answers in the same order.
+func TestPipelining(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2")
+	s.waitReady(2)
+
+	const n = 100
+	type expect struct {
+		status int
+		body   string
+	}
+	var (
+		reqs strings.Builder
+		want []expect
+	)
+	for i := range n {
+		switch i % 4 {
+		case 3:
+			fmt.Fprintf(&reqs, "GET /missing/%03d HTTP/1.1\r\nHost: test\r\n\r\n", i)
+			want = append(want, expect{404, ""})
+		case 2:
+			fmt.Fprintf(&reqs, "GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+			want = append(want, expect{200, helloBody})
+		default:
+			body := fmt.Sprintf("request %03d %s", i, strings.Repeat("p", i))
+			fmt.Fprintf(&reqs, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			want = append(want, expect{200, body})
+		}
+	}
+
+	c := s.dial(t)
+	if _, err := io.WriteString(c, reqs.String()); err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		r, err := c.readResponse()
+		if err != nil {
+			t.Fatalf("response %d of %d: %v", i, n, err)
+		}
+		if r.status != w.status || (w.body != "" && r.body != w.body) {
+			t.Fatalf("response %d: status %d body %q, want status %d body %q", i, r.status, r.body, w.status, w.body)
+		}
+		if r.close {
+			t.Fatalf("response %d closes the connection", i)
+		}
+	}
+	// The connection is still good for more.
+	r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+	if err != nil || r.status != 200 || r.body != helloBody {
+		t.Fatalf("request after the pipeline: %+v, %v", r, err)
+	}
+}
+
+// TestMalformedRequest sends bad requests: each gets 400 and Connection:
+// close, the server closes that connection, and a keep-alive connection to
+// the same child goes on working throughout.
+func TestMalformedRequest(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=1") // one child: the good and bad connections share it
+	s.waitReady(1)
+
+	good := s.dial(t)
+	ping := func(when string) {
+		t.Helper()
+		good.SetDeadline(time.Now().Add(ioTimeout))
+		r, err := good.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+		if err != nil || r.status != 200 || r.body != helloBody || r.close {
+			t.Fatalf("keep-alive request %s: %+v, %v", when, r, err)
+		}
+	}
+	ping("before any bad request")
+
+	bad := []struct{ name, raw string }{
+		{"header without colon", "GET / HTTP/1.1\r\nHost: test\r\nthis is not a header\r\n\r\n"},
+		{"garbage request line", "NOT HTTP AT ALL\r\n\r\n"},
+		{"bad content length", "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: twelve\r\n\r\n"},
+		{"space before colon", "GET / HTTP/1.1\r\nHost : test\r\n\r\n"},
+	}
+	for _, b := range bad {
+		c := s.dial(t)
+		r, err := c.roundTrip(b.raw)
+		if err != nil {
+			t.Fatalf("%s: no response: %v", b.name, err)
+		}
+		if r.status != 400 {
+			t.Errorf("%s: status %d, want 400", b.name, r.status)
+		}
+		if !r.close {
+			t.Errorf("%s: response lacks Connection: close (header %v)", b.name, r.header)
+		}
+		// While the server lingers on the bad connection, the good one works.
+		ping("while a bad connection is open: " + b.name)
+		if err := c.waitClosed(ioTimeout); err != nil {
+			t.Fatalf("%s: %v", b.name, err)
+		}
+		ping("after " + b.name)
+	}
+	if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+		t.Fatalf("new connection after the bad requests: %+v", r)
+	}
+}
