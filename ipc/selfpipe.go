@@ -34,7 +34,9 @@ func NewSelfPipe(sigs ...os.Signal) (*SelfPipe, error) {
 		return nil, os.NewSyscallError("pipe2", err)
 	}
 	p := &SelfPipe{r: fds[0], w: fds[1], sigs: make(chan os.Signal, 32), done: make(chan struct{})}
-	signal.Notify(p.sigs, sigs...)
+	if len(sigs) > 0 { // Notify with none would relay every signal
+		signal.Notify(p.sigs, sigs...)
+	}
 	p.wg.Add(1)
 	go p.forward()
 	return p, nil

@@ -1,0 +1,275 @@
+package ipc_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+func send(t *testing.T, ch *ipc.Channel, m ipc.Msg, fds []int) {
+	t.Helper()
+	if err := ch.Send(m, fds); err != nil {
+		t.Fatalf("Send(%+v, %d fds): %v", m, len(fds), err)
+	}
+}
+
+// recv receives a message that must already be queued: a channel is a
+// SOCK_SEQPACKET socketpair, so a message is in the peer's queue when Send
+// returns.
+func recv(t *testing.T, ch *ipc.Channel) (ipc.Msg, []int) {
+	t.Helper()
+	m, fds, err := ch.Recv(nil)
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	return m, fds
+}
+
+func expectEmpty(t *testing.T, ch *ipc.Channel) {
+	t.Helper()
+	m, fds, err := ch.Recv(nil)
+	if !errors.Is(err, ipc.ErrAgain) || len(fds) != 0 {
+		closeFds(fds)
+		t.Fatalf("Recv on an empty channel = %+v, %d fds, %v; want ErrAgain", m, len(fds), err)
+	}
+}
+
+// loopbackConns opens n client connections to a loopback listener and
+// returns them with the listener's accepted ends as raw descriptors, in the
+// same order. The accepted net.Conns are closed; only the raw copies stay.
+func loopbackConns(t *testing.T, n int) (clients []net.Conn, served []int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.RemoteAddr().String() != c.LocalAddr().String() {
+			t.Fatalf("accepted %v, want the connection from %v", s.RemoteAddr(), c.LocalAddr())
+		}
+		fd := dupConn(t, s)
+		s.Close()
+		clients = append(clients, c)
+		served = append(served, fd)
+	}
+	return clients, served
+}
+
+func dupConn(t *testing.T, c net.Conn) int {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, dupErr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		t.Fatal(err)
+	}
+	if dupErr != nil {
+		t.Fatal(dupErr)
+	}
+	return fd
+}
+
+// expectReply reads c to the end and compares what came.
+func expectReply(t *testing.T, c net.Conn, want string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != want {
+		t.Errorf("client %v read %q, %v; want %q then EOF", c.LocalAddr(), got, err, want)
+	}
+}
+
+func TestSendRecvPlain(t *testing.T) {
+	a, b := pair(t)
+	for i, cmd := range allCmds[1:] {
+		m := ipc.Msg{Cmd: cmd, Pid: int32(1000 + i), Slot: int32(i)}
+		send(t, a, m, nil)
+		got, fds := recv(t, b)
+		if got != m || len(fds) != 0 {
+			t.Errorf("sent %+v, received %+v with %d fds", m, got, len(fds))
+		}
+	}
+	// And the other way.
+	m := ipc.Msg{Cmd: ipc.CmdReady, Pid: 7, Slot: 3}
+	send(t, b, m, nil)
+	if got, _ := recv(t, a); got != m {
+		t.Errorf("sent %+v, received %+v", m, got)
+	}
+	expectEmpty(t, a)
+	expectEmpty(t, b)
+}
+
+func TestRecvEmpty(t *testing.T) {
+	_, b := pair(t)
+	expectEmpty(t, b)
+}
+
+func TestSendRecvSockets(t *testing.T) {
+	a, b := pair(t)
+	before := openFds(t)
+	clients, served := loopbackConns(t, 5)
+
+	send(t, a, ipc.Msg{Cmd: ipc.CmdFds, Pid: 1, Slot: 2}, served)
+	closeFds(served)
+
+	m, fds := recv(t, b)
+	if m.Cmd != ipc.CmdFds || m.Pid != 1 || m.Slot != 2 || int(m.Arg) != len(served) || len(fds) != len(served) {
+		closeFds(fds)
+		t.Fatalf("received %+v with %d fds, want CmdFds with %d", m, len(fds), len(served))
+	}
+	for i, fd := range fds {
+		if !isCloseOnExec(t, fd) {
+			t.Errorf("received fd %d lacks FD_CLOEXEC", fd)
+		}
+		peer, err := unix.Getpeername(fd)
+		if err != nil {
+			t.Errorf("getpeername(%d): %v", fd, err)
+		} else if addr := peer.(*unix.SockaddrInet4); addr.Port != clients[i].LocalAddr().(*net.TCPAddr).Port {
+			t.Errorf("received fd %d is connected to port %d, want client %d at %v (order kept)",
+				fd, addr.Port, i, clients[i].LocalAddr())
+		}
+		if _, err := unix.Write(fd, fmt.Appendf(nil, "reply %d", i)); err != nil {
+			t.Errorf("write on received fd %d: %v", fd, err)
+		}
+		unix.Close(fd)
+	}
+	// EOF comes only if no copy of the accepted socket is open anywhere.
+	for i, c := range clients {
+		expectReply(t, c, fmt.Sprintf("reply %d", i))
+		c.Close()
+	}
+	checkNoLeak(t, before)
+}
+
+func TestSendRecvMaxFds(t *testing.T) {
+	a, b := pair(t)
+	p := newPipe(t)
+	before := openFds(t)
+
+	sent := dups(t, p.w, ipc.MaxFds)
+	// Arg is the sender's to state wrongly: Send sets it from the fds.
+	send(t, a, ipc.Msg{Cmd: ipc.CmdFds, Arg: 1}, sent)
+	closeFds(sent)
+
+	m, fds := recv(t, b)
+	defer func() { closeFds(fds) }()
+	if m.Cmd != ipc.CmdFds || m.Arg != ipc.MaxFds || len(fds) != ipc.MaxFds {
+		t.Fatalf("received %+v with %d fds, want CmdFds with %d", m, len(fds), ipc.MaxFds)
+	}
+	for _, fd := range fds {
+		if !isCloseOnExec(t, fd) {
+			t.Fatalf("received fd %d lacks FD_CLOEXEC", fd)
+		}
+		if _, err := unix.Write(fd, []byte{'x'}); err != nil {
+			t.Fatalf("write through received fd %d: %v", fd, err)
+		}
+	}
+	buf := make([]byte, 2*ipc.MaxFds)
+	if n, err := unix.Read(p.r, buf); n != ipc.MaxFds || err != nil {
+		t.Fatalf("read %d bytes, %v from the pipe; want one byte per received fd, %d", n, err, ipc.MaxFds)
+	}
+	closeFds(fds)
+	fds = nil
+	checkNoLeak(t, before)
+	p.checkWriterGone(t)
+}
+
+func TestSendRejects(t *testing.T) {
+	a, b := pair(t)
+	p := newPipe(t)
+	reject := func(name string, m ipc.Msg, fds []int) {
+		t.Helper()
+		if err := a.Send(m, fds); !errors.Is(err, ipc.ErrBadMsg) {
+			t.Errorf("%s: Send = %v, want ErrBadMsg", name, err)
+		}
+		expectEmpty(t, b)
+	}
+	tooMany := make([]int, ipc.MaxFds+1)
+	for i := range tooMany {
+		tooMany[i] = p.w
+	}
+	reject("more than MaxFds", ipc.Msg{Cmd: ipc.CmdFds}, tooMany)
+	reject("fds on CmdReady", ipc.Msg{Cmd: ipc.CmdReady}, []int{p.w})
+	reject("fds on CmdStop", ipc.Msg{Cmd: ipc.CmdStop}, []int{p.w})
+	reject("CmdFds without fds", ipc.Msg{Cmd: ipc.CmdFds, Arg: 1}, nil)
+}
+
+func TestSendFullQueue(t *testing.T) {
+	a, b := pair(t)
+	const limit = 1 << 20 // far beyond any socket buffer
+	sent := 0
+	var err error
+	for sent < limit {
+		if err = a.Send(ipc.Msg{Cmd: ipc.CmdReady, Slot: int32(sent)}, nil); err != nil {
+			break
+		}
+		sent++
+	}
+	if !errors.Is(err, ipc.ErrAgain) || sent == 0 {
+		t.Fatalf("after %d sends: %v, want ErrAgain", sent, err)
+	}
+
+	// A full channel takes no fds either, and leaves them with the caller.
+	p := newPipe(t)
+	fd := dups(t, p.w, 1)
+	if err := a.Send(ipc.Msg{Cmd: ipc.CmdFds}, fd); !errors.Is(err, ipc.ErrAgain) {
+		t.Errorf("Send with fds on a full channel = %v, want ErrAgain", err)
+	}
+	closeFds(fd)
+	p.checkWriterGone(t) // the failed send kept no reference
+
+	// Taking one message out makes room for one more.
+	if m, _ := recv(t, b); m.Slot != 0 {
+		t.Fatalf("first message has slot %d, want 0", m.Slot)
+	}
+	send(t, a, ipc.Msg{Cmd: ipc.CmdReady, Slot: int32(sent)}, nil)
+	for want := 1; want <= sent; want++ {
+		if m, _ := recv(t, b); m.Slot != int32(want) {
+			t.Fatalf("message has slot %d, want %d (none lost, none reordered)", m.Slot, want)
+		}
+	}
+	expectEmpty(t, b)
+}
+
+func TestRecvEOF(t *testing.T) {
+	x, y, err := ipc.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := ipc.NewChannel(x), ipc.NewChannel(y)
+	defer b.Close()
+
+	m := ipc.Msg{Cmd: ipc.CmdDrain, Pid: 5}
+	send(t, a, m, nil)
+	a.Close()
+	// What was queued before the close still arrives, then EOF, every time.
+	if got, _ := recv(t, b); got != m {
+		t.Errorf("received %+v, want %+v", got, m)
+	}
+	for range 2 {
+		if _, fds, err := b.Recv(nil); err != io.EOF || len(fds) != 0 {
+			t.Errorf("Recv after peer close = %d fds, %v; want io.EOF", len(fds), err)
+		}
+	}
+	if err := b.Send(ipc.Msg{Cmd: ipc.CmdReady}, nil); !errors.Is(err, unix.EPIPE) {
+		t.Errorf("Send to a closed peer = %v, want EPIPE", err)
+	}
+}

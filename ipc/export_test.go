@@ -1,0 +1,10 @@
+package ipc
+
+import "golang.org/x/sys/unix"
+
+// NewChannelRoom is NewChannel with control space for only n fds, so that a
+// test can make the kernel truncate what arrives (MSG_CTRUNC). Use it only to
+// receive: Send builds its control block in the same buffer.
+func NewChannelRoom(fd, n int) *Channel {
+	return &Channel{Fd: fd, oob: make([]byte, unix.CmsgSpace(n*4))}
+}

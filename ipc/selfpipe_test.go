@@ -1,0 +1,168 @@
+package ipc_test
+
+import (
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+func newSelfPipe(t *testing.T, sigs ...os.Signal) *ipc.SelfPipe {
+	t.Helper()
+	p, err := ipc.NewSelfPipe(sigs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// readable polls fd for up to limit.
+func readable(t *testing.T, fd int, limit time.Duration) bool {
+	t.Helper()
+	err := waitReadable(fd, limit)
+	if err == os.ErrDeadlineExceeded {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true
+}
+
+func TestSelfPipeRaise(t *testing.T) {
+	p := newSelfPipe(t, syscall.SIGUSR1)
+	if readable(t, p.Fd(), 0) {
+		t.Fatal("self-pipe readable before anything was raised")
+	}
+	p.Raise(syscall.SIGUSR1)
+	if !readable(t, p.Fd(), 2*time.Second) {
+		t.Fatal("self-pipe not readable after Raise")
+	}
+	got := p.Drain()
+	if !got.Has(syscall.SIGUSR1) || got != 1<<syscall.SIGUSR1 {
+		t.Errorf("Drain = %#x, want only SIGUSR1", uint64(got))
+	}
+	if readable(t, p.Fd(), 0) {
+		t.Error("self-pipe still readable after Drain")
+	}
+	if got := p.Drain(); got != 0 {
+		t.Errorf("second Drain = %#x, want empty", uint64(got))
+	}
+}
+
+func TestSelfPipeCoalesces(t *testing.T) {
+	p := newSelfPipe(t, syscall.SIGUSR1)
+	// More raises than the pipe has room for bytes: a full pipe only means a
+	// wake is pending, so Raise must neither block nor lose the flag.
+	for range 1 << 17 {
+		p.Raise(syscall.SIGUSR1)
+	}
+	p.Raise(syscall.SIGHUP)
+	p.Raise(syscall.SIGCHLD)
+	want := ipc.Signals(1<<syscall.SIGUSR1 | 1<<syscall.SIGHUP | 1<<syscall.SIGCHLD)
+	if got := p.Drain(); got != want {
+		t.Errorf("Drain = %#x, want %#x", uint64(got), uint64(want))
+	}
+	if readable(t, p.Fd(), 0) {
+		t.Error("self-pipe still readable after Drain")
+	}
+	if got := p.Drain(); got != 0 {
+		t.Errorf("second Drain = %#x, want empty", uint64(got))
+	}
+}
+
+func TestSelfPipeIgnoresBadSignals(t *testing.T) {
+	p := newSelfPipe(t, syscall.SIGUSR1)
+	p.Raise(0)
+	p.Raise(64)
+	p.Raise(-1)
+	if readable(t, p.Fd(), 0) {
+		t.Errorf("Raise of an invalid signal woke the pipe; Drain = %#x", uint64(p.Drain()))
+	}
+}
+
+func TestSelfPipeCatchesSignal(t *testing.T) {
+	p := newSelfPipe(t, syscall.SIGUSR2)
+	if err := unix.Kill(os.Getpid(), syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if !readable(t, p.Fd(), time.Until(deadline)) {
+			t.Fatal("SIGUSR2 did not reach the self-pipe within 2s")
+		}
+		got := p.Drain()
+		if got.Has(syscall.SIGUSR2) {
+			if got != 1<<syscall.SIGUSR2 {
+				t.Errorf("Drain = %#x, want only SIGUSR2", uint64(got))
+			}
+			return
+		}
+		if got != 0 {
+			t.Fatalf("Drain = %#x, want SIGUSR2", uint64(got))
+		}
+	}
+}
+
+// TestSelfPipeWithoutSignals checks that a self-pipe made for Raise alone
+// catches nothing: with no signals given, signal.Notify would otherwise
+// relay every signal, including the runtime's own preemption signal.
+func TestSelfPipeWithoutSignals(t *testing.T) {
+	p := newSelfPipe(t)
+	if err := unix.Kill(os.Getpid(), syscall.SIGURG); err != nil {
+		t.Fatal(err)
+	}
+	if readable(t, p.Fd(), 200*time.Millisecond) {
+		t.Fatalf("a self-pipe for no signals caught %#x", uint64(p.Drain()))
+	}
+	p.Raise(syscall.SIGTERM)
+	if got := p.Drain(); got != 1<<syscall.SIGTERM {
+		t.Errorf("Drain = %#x, want SIGTERM", uint64(got))
+	}
+}
+
+func TestSelfPipeClose(t *testing.T) {
+	// The first signal.Notify in a process starts os/signal's goroutine for
+	// good; let that happen before counting.
+	warm, err := ipc.NewSelfPipe(syscall.SIGUSR1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm.Close()
+
+	fdsBefore := openFds(t)
+	goroutines := runtime.NumGoroutine()
+	p, err := ipc.NewSelfPipe(syscall.SIGUSR1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := openFds(t).diff(fdsBefore)
+	if n := runtime.NumGoroutine(); n <= goroutines {
+		t.Errorf("NewSelfPipe started no goroutine: %d before, %d after", goroutines, n)
+	}
+	if !isCloseOnExec(t, p.Fd()) {
+		t.Error("self-pipe read end lacks FD_CLOEXEC")
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if opened == "" {
+		t.Error("NewSelfPipe opened no descriptors")
+	}
+	checkNoLeak(t, fdsBefore)
+
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines after Close, %d before:\n%s", n, goroutines, buf[:runtime.Stack(buf, true)])
+	}
+}
