@@ -19,6 +19,7 @@ type conn struct {
 	deadline   int64      // unix nanoseconds when the connection times out
 	reqStarted int64      // when the request in progress began; 0 when idle
 	continued  bool       // 100 Continue already sent for the request in progress
+	scan       int        // bytes of an incomplete header block already seen; 0 when none
 	linger     int        // bytes still accepted while lingering
 	busy       bool       // a pool worker holds it; the loop keeps its hands off
 	peer       netip.Addr // the client, only kept for the access log

@@ -31,7 +31,8 @@ func NewExchanger(h Handler) *Exchanger {
 // now close. A malformed request is answered with its error status and
 // closes.
 func (e *Exchanger) Exchange(out, in []byte) ([]byte, int, bool) {
-	e.c.need = 0
+	e.c.need, e.c.scan = 0, 0
+	e.s.clk.tick() // as the loop does on every read: the Date stays current
 	n, out, v := e.s.process(&e.c, in, out)
 	return out, n, v == vClose || v == vReject
 }

@@ -44,16 +44,18 @@ func parse(buf []byte, r *Request, lim *Limits, need *int) (int, int) {
 
 	eol := bytes.IndexByte(buf[p:], '\n')
 	if eol < 0 {
-		if len(buf)-p > lim.MaxRequestLine {
+		if len(buf)-p > lim.MaxRequestLine+1 { // +1: the line may end in its CR
 			return 0, 414
 		}
 		return 0, 0
 	}
-	if eol == 0 || buf[p+eol-1] != '\r' {
-		return 0, 400 // bare LF
-	}
+	// Length first, so that a prefix that already gave 414 never turns into
+	// a different status once the LF arrives.
 	if eol-1 > lim.MaxRequestLine {
 		return 0, 414
+	}
+	if eol == 0 || buf[p+eol-1] != '\r' {
+		return 0, 400 // bare LF
 	}
 	if st := parseRequestLine(buf[p:p+eol-1], r); st != 0 {
 		return 0, st
@@ -102,6 +104,7 @@ func parse(buf []byte, r *Request, lim *Limits, need *int) (int, int) {
 	if st := h.framing(r); st != 0 {
 		return 0, st
 	}
+	r.headerEnd = q
 	if h.chunked {
 		return parseChunked(buf, q, r, lim, need)
 	}
@@ -168,6 +171,7 @@ type headerFacts struct {
 	teUnknown  bool // a coding other than chunked
 	closeTok   bool
 	keepAliveT bool
+	expect     bool
 }
 
 func (h *headerFacts) field(line []byte, r *Request) int {
@@ -200,7 +204,7 @@ func (h *headerFacts) field(line []byte, r *Request) int {
 		h.closeTok = h.closeTok || hasToken(value, "close")
 		h.keepAliveT = h.keepAliveT || hasToken(value, "keep-alive")
 	case equalFold(name, "expect"):
-		r.expect = equalFold(value, "100-continue")
+		h.expect = equalFold(value, "100-continue")
 	}
 	return 0
 }
@@ -209,6 +213,9 @@ func (h *headerFacts) field(line []byte, r *Request) int {
 // (RFC 9110 §8.6); anything else, or a value that differs from an earlier
 // one, is a framing error.
 func (h *headerFacts) contentLength(v []byte) int {
+	if len(v) == 0 {
+		return 400
+	}
 	for len(v) > 0 {
 		item := v
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -231,9 +238,6 @@ func (h *headerFacts) contentLength(v []byte) int {
 			return 400
 		}
 		h.hasLength, h.length = true, n
-	}
-	if !h.hasLength {
-		return 400
 	}
 	return 0
 }
@@ -282,6 +286,9 @@ func (h *headerFacts) framing(r *Request) int {
 		}
 	}
 	r.close = h.closeTok || r.Minor == 0 && !h.keepAliveT
+	// Only now that the block is complete and valid may the child send 100
+	// Continue; HTTP/1.0 clients never get one (RFC 9110 §10.1.1).
+	r.expect = h.expect && r.Minor == 1
 	return 0
 }
 
@@ -343,8 +350,12 @@ func parseChunked(buf []byte, q int, r *Request, lim *Limits, need *int) (int, i
 			}
 			return 0, 0
 		}
-		if e < 2 || rest[e-1] != '\r' || rest[0] == ' ' || rest[0] == '\t' {
-			return 0, 400
+		if pos+e+1-tstart > lim.MaxHeaderBytes {
+			return 0, 431 // before the line checks, as a prefix would see it
+		}
+		if e < 2 || rest[e-1] != '\r' || rest[0] == ' ' || rest[0] == '\t' ||
+			bytes.IndexByte(rest[:e], ':') <= 0 {
+			return 0, 400 // a trailer field is name: value like a header
 		}
 		for _, c := range rest[:e-1] {
 			if c < ' ' && c != '\t' || c == 0x7f {
@@ -352,9 +363,6 @@ func parseChunked(buf []byte, q int, r *Request, lim *Limits, need *int) (int, i
 			}
 		}
 		pos += e + 1
-		if pos-tstart > lim.MaxHeaderBytes {
-			return 0, 431
-		}
 	}
 
 	// Second pass: move the chunk data together. It never overtakes the

@@ -16,6 +16,9 @@ type Request struct {
 	headers []field
 	close   bool // the connection closes after this response
 	expect  bool // Expect: 100-continue
+	// headerEnd is where the body starts once the header block is complete
+	// and valid; 0 while it is not.
+	headerEnd int
 }
 
 type field struct{ name, value []byte }

@@ -16,11 +16,22 @@ type Response struct {
 	close       bool
 }
 
-// SetStatus sets the status code; 200 when never called.
-func (w *Response) SetStatus(code int) { w.status = code }
+// SetStatus sets the status code; 200 when never called. A code outside
+// 100-599 is a handler bug and is answered as 500.
+func (w *Response) SetStatus(code int) {
+	if code < 100 || code > 599 {
+		code = 500
+	}
+	w.status = code
+}
 
-// SetContentType sets the Content-Type header.
-func (w *Response) SetContentType(v string) { w.contentType = v }
+// SetContentType sets the Content-Type header. Like an AddHeader value, a v
+// with CR, LF or NUL is dropped.
+func (w *Response) SetContentType(v string) {
+	if safeHeader(v) {
+		w.contentType = v
+	}
+}
 
 // AddHeader adds a header line. Name and value must not contain CR or LF;
 // they are dropped if they do, so that a handler cannot split the response.
@@ -52,7 +63,13 @@ func (w *Response) WriteString(s string) (int, error) {
 func (w *Response) reset() {
 	w.status, w.contentType, w.close = 200, "", false
 	w.header, w.body = w.header[:0], w.body[:0]
+	if cap(w.body) > maxKeptBody {
+		w.body = nil // one large answer must not pin its memory for good
+	}
 }
+
+// maxKeptBody is the largest body buffer a session keeps between requests.
+const maxKeptBody = 64 << 10
 
 func safeHeader(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -1,6 +1,7 @@
 package child
 
 import (
+	"bytes"
 	"sync/atomic"
 
 	"github.com/procpool/procpool/ipc"
@@ -47,11 +48,14 @@ func newSession(h Handler, st *ipc.Cell, lim *Limits, to *Timeouts, draining *at
 
 // process answers the complete requests at the start of in, appending their
 // responses to out. It stops at the first incomplete request, after a
-// request that closes the connection, or once out holds maxBatch bytes.
-// It returns how much of in it consumed.
+// request that closes the connection, or once it has added maxBatch bytes
+// to out. It returns how much of in it consumed.
 func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
-	done := 0
-	for done < len(in) && len(out) < maxBatch {
+	done, base := 0, len(out)
+	for done < len(in) && len(out)-base < maxBatch {
+		if done == 0 && c.scan > 0 && !s.newLine(in, c.scan) {
+			break // nothing parse has not seen, bar bytes of an unfinished line
+		}
 		n, status := parse(in[done:], &s.req, s.lim, &c.need)
 		if status != 0 {
 			s.st.ParseErrors.Add(1)
@@ -70,16 +74,22 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			if c.reqStarted == 0 {
 				c.reqStarted = s.clk.now.UnixNano()
 			}
+			c.scan = 0
+			if s.req.headerEnd == 0 {
+				c.scan = len(in) - done
+			}
 			break
 		}
 		done += n
-		c.need, c.continued, c.reqStarted = 0, false, 0
+		c.need, c.continued, c.reqStarted, c.scan = 0, false, 0, 0
 		if s.draining.Load() {
 			s.req.close = true
 		}
 		s.resp.reset()
 		s.h.Serve(&s.resp, &s.req)
-		if s.resp.close {
+		// Draining is checked again: in pool mode a drain can arrive while
+		// the handler runs.
+		if s.resp.close || s.draining.Load() {
 			s.req.close = true
 		}
 		out = appendResponse(out, &s.resp, &s.req, s.clk.date)
@@ -98,7 +108,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			return done, out, vClose
 		}
 	}
-	if done < len(in) && len(out) >= maxBatch && c.reqStarted == 0 {
+	if done < len(in) && len(out)-base >= maxBatch && c.reqStarted == 0 {
 		return done, out, vMore
 	}
 	return done, out, vKeep
@@ -231,7 +241,11 @@ func (s *session) onWritable(c *conn) action {
 		return aClose
 	}
 	if w < len(c.out) {
-		c.out = c.out[:copy(c.out, c.out[w:])]
+		if cap(c.out) == bufSize {
+			c.out = c.out[:copy(c.out, c.out[w:])] // keep the pooled buffer whole
+		} else {
+			c.out = c.out[w:] // a large tail: no copying it again after every write
+		}
 		c.deadline = s.clk.now.Add(s.to.Write).UnixNano()
 		return aWrite
 	}
@@ -265,6 +279,7 @@ func (s *session) reject(c *conn, status int) action {
 	if w < len(out) {
 		c.out = append(getBuf(len(out)-w), out[w:]...)
 		c.after = vReject
+		c.deadline = s.clk.now.Add(s.to.Write).UnixNano()
 		return aWrite
 	}
 	return s.startLinger(c)
@@ -314,4 +329,14 @@ func (s *session) write(fd int, p []byte) (int, error) {
 	n, err := sysWrite(fd, p)
 	s.st.BytesOut.Add(uint64(n))
 	return n, err
+}
+
+// newLine reports whether an incomplete header block (the first scan bytes
+// of in were parsed before) may now parse differently: a line was completed,
+// or it grew to where a length limit could apply. Until then parse would
+// only say "need more" again, so parsing resumes where it stopped and a
+// client that trickles bytes costs a byte scan, not a re-parse.
+func (s *session) newLine(in []byte, scan int) bool {
+	return len(in) > min(s.lim.MaxRequestLine, s.lim.MaxHeaderBytes) ||
+		bytes.IndexByte(in[min(scan, len(in)):], '\n') >= 0
 }

@@ -1,0 +1,192 @@
+package child
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+// testTimeouts are long enough never to fire by accident in a test; the
+// tests that want a timeout shorten one.
+var testTimeouts = Timeouts{
+	Header: 10 * time.Second,
+	Body:   10 * time.Second,
+	Idle:   10 * time.Second,
+	Write:  10 * time.Second,
+	Linger: 2 * time.Second,
+}
+
+// testChild is a child.Run on a goroutine with the test as its master: the
+// test accepts loopback connections itself and passes them over the channel
+// as the master does.
+type testChild struct {
+	master   *ipc.Channel
+	childEnd int
+	lfd      int // blocking loopback listener
+	addr     string
+	done     chan error
+	stopOnce sync.Once
+	err      error
+}
+
+// startChild runs a child with cfg (its Channel is filled in)
+// and waits until it announces itself ready. Cleanup closes the channel and
+// checks that Run returned ErrMasterGone, unless the test stopped it first.
+func startChild(t *testing.T, cfg Config, h Handler) *testChild {
+	t.Helper()
+	m, c, err := ipc.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testChild{master: ipc.NewChannel(m), childEnd: c, lfd: -1, done: make(chan error, 1)}
+	cfg.Channel = c // Listener stays 0: none, as the zero Config says
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits
+	}
+	if cfg.Timeouts == (Timeouts{}) {
+		cfg.Timeouts = testTimeouts
+	}
+	go func() { tc.done <- Run(cfg, h) }()
+	t.Cleanup(func() {
+		if err := tc.stop(t); err != nil && err != ErrMasterGone {
+			t.Errorf("Run returned %v, want ErrMasterGone", err)
+		}
+	})
+	msg, ok := tc.recv(t, 5*time.Second)
+	if !ok || msg.Cmd != ipc.CmdReady || msg.Pid != int32(os.Getpid()) {
+		t.Fatalf("child announced %v (ok %v), want ready", msg, ok)
+	}
+	tc.listen(t)
+	return tc
+}
+
+// recv waits for one message from the child.
+func (tc *testChild) recv(t *testing.T, wait time.Duration) (ipc.Msg, bool) {
+	t.Helper()
+	pfd := []unix.PollFd{{Fd: int32(tc.master.Fd), Events: unix.POLLIN}}
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
+		msg, _, err := tc.master.Recv(nil)
+		if err == nil {
+			return msg, true
+		}
+		if err != ipc.ErrAgain {
+			t.Fatalf("channel: %v", err)
+		}
+		unix.Poll(pfd, 100)
+	}
+	return ipc.Msg{}, false
+}
+
+func (tc *testChild) listen(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.lfd = fd
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 128); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.addr = "127.0.0.1:" + strconv.Itoa(sa.(*unix.SockaddrInet4).Port)
+}
+
+// send sends one command to the child.
+func (tc *testChild) send(t *testing.T, cmd ipc.Cmd) {
+	t.Helper()
+	if err := tc.master.Send(ipc.Msg{Cmd: cmd}, nil); err != nil {
+		t.Fatalf("send %v: %v", cmd, err)
+	}
+}
+
+// dial opens a client connection and hands the server side to the child.
+// The client side has a deadline so that a stuck child fails the test
+// rather than hanging it.
+func (tc *testChild) dial(t *testing.T) *client {
+	t.Helper()
+	nc, err := net.Dial("tcp", tc.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	fd, _, err := unix.Accept4(tc.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tc.master.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{fd})
+	unix.Close(fd)
+	if err != nil {
+		t.Fatalf("pass fd: %v", err)
+	}
+	return &client{Conn: nc, br: bufio.NewReaderSize(nc, 64<<10)}
+}
+
+// stop closes the test's end of the channel (the master going away) and
+// returns what Run returned; once Run has returned it only reports that.
+func (tc *testChild) stop(t *testing.T) error {
+	t.Helper()
+	tc.stopOnce.Do(func() {
+		tc.master.Close()
+		tc.err = tc.wait(t)
+		unix.Close(tc.childEnd)
+		if tc.lfd >= 0 {
+			unix.Close(tc.lfd)
+		}
+	})
+	return tc.err
+}
+
+// wait waits for Run to return.
+func (tc *testChild) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-tc.done:
+		tc.done <- err // for stop, which may wait again
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("child.Run did not return")
+		return nil
+	}
+}
+
+// client is a test's end of one connection.
+type client struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c *client) send(t *testing.T, s string) {
+	t.Helper()
+	if _, err := c.Write([]byte(s)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *client) read(t *testing.T) *response {
+	t.Helper()
+	r, err := readResponse(c.br, false)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	return r
+}
+
+// roundTrip sends one GET and reads its answer.
+func (c *client) roundTrip(t *testing.T, target string) *response {
+	t.Helper()
+	c.send(t, get(target))
+	return c.read(t)
+}

@@ -1,0 +1,361 @@
+package child
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
+)
+
+func TestLoopServes(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	c := tc.dial(t)
+	for _, target := range []string{"/a", "/b?q=1", "/c"} {
+		r := c.roundTrip(t, target)
+		if r.status != 200 || string(r.body) != strings.Split(target, "?")[0] {
+			t.Fatalf("%s: status %d body %q", target, r.status, r.body)
+		}
+		checkDate(t, r.get("Date"))
+	}
+	c2 := tc.dial(t)
+	if r := c2.roundTrip(t, "/other"); string(r.body) != "/other" {
+		t.Fatalf("second connection: body %q", r.body)
+	}
+}
+
+func TestLoopPipelined100(t *testing.T) {
+	testSocketPipelined100(t, startChild(t, Config{}, newTestRoutes()))
+}
+
+func testSocketPipelined100(t *testing.T, tc *testChild) {
+	c := tc.dial(t)
+	targets := numberedTargets("/", 100)
+	c.send(t, string(pipeline(targets...)))
+	var all []*response
+	for range targets {
+		all = append(all, c.read(t))
+	}
+	checkInOrder(t, all, targets)
+	// 100 answers of 4 KiB: more than one batch and more than a socket
+	// buffer, so the loop goes through partial writes between batches.
+	targets = numberedTargets("/pad/", 100)
+	c.send(t, string(pipeline(targets...)))
+	all = all[:0]
+	for range targets {
+		all = append(all, c.read(t))
+	}
+	checkInOrder(t, all, targets)
+}
+
+// slowReader makes a client that reads in small pieces with pauses, so that
+// the child's writes keep finding the socket full.
+type slowReader struct {
+	r     io.Reader
+	slow  int // bytes still to read slowly
+	piece int
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if s.slow <= 0 {
+		return s.r.Read(p)
+	}
+	time.Sleep(time.Millisecond)
+	n, err := s.r.Read(p[:min(len(p), s.piece)])
+	s.slow -= n
+	return n, err
+}
+
+func TestLoopLargeResponseSlowReader(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	c := tc.dial(t)
+	c.Conn.(*net.TCPConn).SetReadBuffer(16 << 10)
+	c.send(t, get("/big")+get("/after"))
+	time.Sleep(100 * time.Millisecond) // let the child fill the socket and wait for EPOLLOUT
+	br := bufio.NewReader(&slowReader{r: c.Conn, slow: 1 << 20, piece: 16 << 10})
+	r, err := readResponse(br, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(r.body, bigBody()) {
+		t.Fatalf("8 MiB body: got %d bytes, different from what was sent", len(r.body))
+	}
+	// The request queued behind the big answer is served once it is out.
+	if r, err := readResponse(br, false); err != nil || string(r.body) != "/after" {
+		t.Fatalf("request after the big answer: %v", err)
+	}
+}
+
+func TestLoopLargePostEcho(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	c := tc.dial(t)
+	body := bigBody()[:512<<10]
+	c.send(t, "POST /echo HTTP/1.1\r\n"+hostLine+"Content-Length: "+itoa(len(body))+"\r\n\r\n")
+	for i := 0; i < len(body); i += 8 << 10 {
+		if _, err := c.Write(body[i : i+8<<10]); err != nil {
+			t.Fatal(err)
+		}
+		if i%(64<<10) == 0 {
+			time.Sleep(time.Millisecond) // let the child see the body arrive in pieces
+		}
+	}
+	r := c.read(t)
+	if r.status != 200 || !bytes.Equal(r.body, body) {
+		t.Fatalf("echo of 512 KiB: status %d, %d bytes back, intact %v", r.status, len(r.body), bytes.Equal(r.body, body))
+	}
+	if r := c.roundTrip(t, "/next"); string(r.body) != "/next" {
+		t.Fatalf("after the large POST: %q", r.body)
+	}
+}
+
+func TestLoopChunkedPostEcho(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	c := tc.dial(t)
+	var chunks []string
+	var want []byte
+	for i := 0; i < 30; i++ {
+		chunk := string(bigBody()[i*10000 : (i+1)*10000])
+		chunks = append(chunks, chunk)
+		want = append(want, chunk...)
+	}
+	req := chunkedPost("/echo", chunks, "X-Trailer: 1")
+	for i := 0; i < len(req); i += 7000 {
+		c.send(t, req[i:min(i+7000, len(req))])
+	}
+	if r := c.read(t); !bytes.Equal(r.body, want) {
+		t.Fatalf("chunked echo: %d bytes back of %d", len(r.body), len(want))
+	}
+}
+
+func TestLoopExpectContinue(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	c := tc.dial(t)
+	c.send(t, "POST /echo HTTP/1.1\r\n"+hostLine+"Expect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+	if r := c.read(t); r.status != 100 {
+		t.Fatalf("before the body: status %d, want 100", r.status)
+	}
+	c.send(t, "hello world")
+	if r := c.read(t); r.status != 200 || string(r.body) != "hello world" {
+		t.Fatalf("after the body: status %d body %q", r.status, r.body)
+	}
+}
+
+// A rejected client reads its error status and then a clean EOF, even while
+// it keeps sending: the child shuts down its side and drains the rest
+// instead of closing with unread data, which would reset the connection.
+func TestLoopRejectThenEOF(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	for _, together := range []bool{false, true} {
+		c := tc.dial(t)
+		bad := "GET / HTTP/1.1\r\nHost : a\r\n\r\n"
+		garbage := bytes.Repeat([]byte("garbage\r\n"), 1<<10)
+		if together {
+			c.send(t, bad+string(garbage))
+		} else {
+			c.send(t, bad)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // errors are expected once the child has closed
+			defer wg.Done()
+			for i := 0; i < 8; i++ {
+				if _, err := c.Write(garbage); err != nil {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		r := c.read(t)
+		if r.status != 400 || r.get("Connection") != "close" {
+			t.Errorf("status %d Connection %q, want 400 close", r.status, r.get("Connection"))
+		}
+		rest, err := io.ReadAll(c.br)
+		if err != nil || len(rest) != 0 {
+			t.Errorf("after the error status: %q, %v; want a clean EOF", rest, err)
+		}
+		wg.Wait()
+	}
+}
+
+func TestLoopIdleTimeout(t *testing.T) {
+	to := testTimeouts
+	to.Idle = time.Second
+	tc := startChild(t, Config{Timeouts: to}, newTestRoutes())
+	c := tc.dial(t)
+	c.roundTrip(t, "/")
+	start := time.Now()
+	c.SetReadDeadline(start.Add(4 * time.Second)) // the sweep runs once a second
+	if n, err := c.br.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle connection: read %d, %v; want EOF", n, err)
+	}
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Errorf("closed after %v, before the idle timeout", waited)
+	}
+}
+
+// A drain lets the request in progress finish, with Connection: close. An
+// idle keep-alive connection may still send a request (its client may have
+// had one on the wire), answered with Connection: close; a silent one closes
+// at the sweep; a connection passed after the drain closes unserved. Then
+// Run returns nil.
+func TestLoopDrain(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	silent := tc.dial(t)
+	silent.roundTrip(t, "/")
+	speaks := tc.dial(t)
+	speaks.roundTrip(t, "/")
+	busy := tc.dial(t)
+	busy.send(t, "POST /echo HTTP/1.1\r\n"+hostLine+"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+	if r := busy.read(t); r.status != 100 { // the child holds the request now
+		t.Fatalf("status %d, want 100", r.status)
+	}
+	tc.send(t, ipc.CmdDrain)
+	late := tc.dial(t) // behind the drain on the channel: closed unserved
+	expectEOF(t, "connection passed after the drain", late)
+
+	if r := speaks.roundTrip(t, "/last"); string(r.body) != "/last" || r.get("Connection") != "close" {
+		t.Fatalf("idle connection speaking after the drain: body %q Connection %q", r.body, r.get("Connection"))
+	}
+	expectEOF(t, "idle connection answered after the drain", speaks)
+
+	busy.send(t, "hello")
+	r := busy.read(t)
+	if r.status != 200 || string(r.body) != "hello" || r.get("Connection") != "close" {
+		t.Fatalf("request in progress: status %d body %q Connection %q", r.status, r.body, r.get("Connection"))
+	}
+	expectEOF(t, "drained connection", busy)
+	expectEOF(t, "silent idle connection", silent)
+	if err := tc.wait(t); err != nil {
+		t.Fatalf("Run after a drain: %v, want nil", err)
+	}
+}
+
+func expectEOF(t *testing.T, what string, c *client) {
+	t.Helper()
+	if n, err := c.br.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("%s: read %d, %v; want EOF", what, n, err)
+	}
+}
+
+func TestLoopMasterGone(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	c := tc.dial(t)
+	c.roundTrip(t, "/")
+	if err := tc.stop(t); err != ErrMasterGone {
+		t.Fatalf("Run: %v, want ErrMasterGone", err)
+	}
+	expectEOF(t, "connection of a child whose master went away", c)
+}
+
+func TestLoopStop(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	tc.dial(t).roundTrip(t, "/")
+	tc.send(t, ipc.CmdStop)
+	if err := tc.wait(t); err != nil {
+		t.Fatalf("Run after CmdStop: %v, want nil", err)
+	}
+}
+
+// Everything a child opens (poller, self-pipe, eventfd, connections) is
+// closed when Run returns, in both modes and whatever state the
+// connections were in.
+func TestLoopNoFdLeak(t *testing.T) {
+	warmUpNetpoll(t)
+	before := countFds(t)
+	for _, pool := range []int{0, 2} {
+		tc := startChild(t, Config{Pool: pool}, newTestRoutes())
+		served := tc.dial(t)
+		served.roundTrip(t, "/")
+		partial := tc.dial(t)
+		partial.send(t, "GET / HTTP/1.1\r\nHost")
+		rejected := tc.dial(t)
+		rejected.send(t, "BAD\r\n\r\n")
+		rejected.read(t)
+		if err := tc.stop(t); err != ErrMasterGone {
+			t.Fatalf("pool %d: Run: %v", pool, err)
+		}
+		for _, c := range []*client{served, partial, rejected} {
+			c.Close()
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	after := countFds(t)
+	for after != before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		after = countFds(t)
+	}
+	if after != before {
+		t.Fatalf("%d fds open before the children ran, %d after", before, after)
+	}
+}
+
+// warmUpNetpoll makes the runtime open its netpoll descriptors, which stay
+// open for the life of the process, before fds are counted.
+func warmUpNetpoll(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	ln.Close()
+}
+
+func countFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Listener 0 means none, so a client that lands on fd 0 (a child started
+// with stdin closed) is served like any other rather than taken for the
+// listener.
+func TestLoopClientOnFdZero(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	saved, err := unix.FcntlInt(0, unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial("tcp", tc.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fd, _, err := unix.Accept4(tc.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(0) // the child's copy of the connection takes the lowest free fd
+	err = tc.master.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{fd})
+	unix.Close(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{Conn: nc, br: bufio.NewReader(nc)}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	c.send(t, get("/zero"))
+	r, err := readResponse(c.br, false)
+	link, _ := os.Readlink("/proc/self/fd/0")
+	tc.stop(t) // closes the child's fd 0 before stdin is put back
+	unix.Dup3(saved, 0, 0)
+	unix.Close(saved)
+	if !strings.HasPrefix(link, "socket:") {
+		t.Skipf("the connection did not land on fd 0 (%s)", link)
+	}
+	if err != nil || string(r.body) != "/zero" {
+		t.Fatalf("client on fd 0: %v", err)
+	}
+}

@@ -1,0 +1,104 @@
+package child
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// FuzzParse checks the parser on arbitrary input under testLimits: it never
+// panics; what it accepts lies within the input and has a valid method and
+// target; the accepted bytes, fed in two parts at any cut, are never
+// rejected (the first part waits, the whole is accepted again); and no
+// prefix of any input gets a verdict that contradicts the whole input's.
+//
+//	go test -run=NONE -fuzz=FuzzParse ./child
+func FuzzParse(f *testing.F) {
+	for _, c := range validCases {
+		f.Add([]byte(c.raw))
+	}
+	for _, c := range rejectCases {
+		f.Add([]byte(c.raw))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		lim := testLimits
+		var r Request
+		var need int
+		n, status := parse(slices.Clone(data), &r, &lim, &need)
+		switch {
+		case n < 0 || n > len(data):
+			t.Fatalf("accepted %d bytes of %d", n, len(data))
+		case n > 0 && status != 0:
+			t.Fatalf("accepted %d bytes with status %d", n, status)
+		case status != 0 && !knownStatus(status):
+			t.Fatalf("unexpected status %d", status)
+		}
+		if n > 0 {
+			if !validMethod(r.Method) || !validTarget(r.Target) {
+				t.Fatalf("accepted method %q target %q", r.Method, r.Target)
+			}
+			checkCuts(t, data[:n])
+		}
+		if len(data) <= 1024 { // quadratic: keep it to inputs the limits make interesting
+			if k, problem := checkPrefixes(data, lim); k >= 0 {
+				t.Fatalf("prefix of %d bytes %q %s", k, data[:k], problem)
+			}
+		}
+	})
+}
+
+// checkCuts feeds one accepted request as a connection would receive it in
+// two reads: the first part alone must wait (with a need the request
+// satisfies), and the whole must be accepted again.
+func checkCuts(t *testing.T, req []byte) {
+	lim := testLimits
+	var r Request
+	var need int
+	for k := 0; k < len(req); k++ {
+		n, status := parse(slices.Clone(req[:k]), &r, &lim, &need)
+		if n != 0 || status != 0 || need > len(req) {
+			t.Fatalf("first %d bytes of an accepted %d-byte request: (%d, %d) need %d", k, len(req), n, status, need)
+		}
+	}
+	if n, status := parse(slices.Clone(req), &r, &lim, &need); n != len(req) || status != 0 {
+		t.Fatalf("accepted request parsed again: (%d, %d)", n, status)
+	}
+}
+
+func knownStatus(s int) bool {
+	switch s {
+	case 400, 413, 414, 431, 501, 505:
+		return true
+	}
+	return false
+}
+
+// validMethod and validTarget restate RFC 9110's tchar and RFC 3986's
+// request-target characters independently of the parser's tables.
+func validMethod(m []byte) bool {
+	if len(m) == 0 {
+		return false
+	}
+	for _, c := range m {
+		if !isAlnum(c) && !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func validTarget(t []byte) bool {
+	if len(t) == 0 {
+		return false
+	}
+	for _, c := range t {
+		if !isAlnum(c) && !strings.ContainsRune("-._~:/?#[]@!$&'()*+,;=%", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
