@@ -12,36 +12,26 @@ import (
 // back with a futex wake-up. Only epoll_wait, which may sleep, goes through
 // the scheduler (see epoll.Poller.Wait).
 
-// sysRead reads from a non-blocking socket, retrying EINTR.
+// sysRead reads what the socket holds; EAGAIN comes back with 0.
 func sysRead(fd int, p []byte) (int, error) {
-	for {
-		r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case 0:
-			return int(r), nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return 0, unix.EAGAIN
-		}
-		return 0, e
-	}
+	return sockIO(unix.SYS_RECVFROM, fd, p, 0)
 }
 
 // sysWrite writes what the kernel takes now, with MSG_NOSIGNAL so that a peer
-// that went away gives EPIPE rather than a signal. It returns the bytes
-// written; EAGAIN comes back with 0.
+// that went away gives EPIPE rather than a signal. EAGAIN comes back with 0.
 func sysWrite(fd int, p []byte) (int, error) {
+	return sockIO(unix.SYS_SENDTO, fd, p, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+}
+
+// sockIO makes a recvfrom or sendto without an address, retrying EINTR.
+func sockIO(trap uintptr, fd int, p []byte, flags uintptr) (int, error) {
 	for {
-		r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])),
-			uintptr(len(p)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0)
 		switch e {
 		case 0:
 			return int(r), nil
 		case unix.EINTR:
 			continue
-		case unix.EAGAIN:
-			return 0, unix.EAGAIN
 		}
 		return 0, e
 	}

@@ -24,36 +24,28 @@ var ErrNotRunning = errors.New("not running")
 // CreatePidfile locks path and writes this process's pid into it. When another
 // live process holds it, the error says "already running (pid N)".
 func CreatePidfile(path string) (*Pidfile, error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("pidfile %s: %w", path, err)
-	}
-	if err := flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		pid, _ := readPid(fd)
-		unix.Close(fd)
-		if err == unix.EWOULDBLOCK {
-			return nil, fmt.Errorf("already running (pid %d, pidfile %s)", pid, path)
-		}
-		return nil, fmt.Errorf("pidfile %s: lock: %w", path, err)
-	}
-	p := &Pidfile{path: path, fd: fd}
-	if err := p.Write(os.Getpid()); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return p, nil
+	return lockPidfile(path, unix.LOCK_EX|unix.LOCK_NB)
 }
 
 // TakePidfile waits until the current holder lets go of the lock, then
 // takes it and writes this process's pid: how an upgraded master inherits
 // the pidfile. It blocks; call it off the loop.
 func TakePidfile(path string) (*Pidfile, error) {
+	return lockPidfile(path, unix.LOCK_EX)
+}
+
+// lockPidfile opens path, takes its lock as how says, and writes our pid.
+func lockPidfile(path string, how int) (*Pidfile, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("pidfile %s: %w", path, err)
 	}
-	if err := flock(fd, unix.LOCK_EX); err != nil {
+	if err := flock(fd, how); err != nil {
+		pid, _ := readPid(fd)
 		unix.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("already running (pid %d, pidfile %s)", pid, path)
+		}
 		return nil, fmt.Errorf("pidfile %s: lock: %w", path, err)
 	}
 	p := &Pidfile{path: path, fd: fd}
