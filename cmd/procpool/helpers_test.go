@@ -102,9 +102,19 @@ type server struct {
 // children: see waitReady.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
+	return startServerWith(t, nil, args...)
+}
+
+// startServerWith is startServer with a hook that may adjust the command
+// (environment, extra files) before it starts.
+func startServerWith(t *testing.T, adjust func(*exec.Cmd), args ...string) *server {
+	t.Helper()
 	all := append([]string{"-listen=127.0.0.1:0", "-grace=3s"}, args...)
 	cmd := exec.Command(binPath, all...)
 	cmd.Env = serverEnv()
+	if adjust != nil {
+		adjust(cmd)
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
