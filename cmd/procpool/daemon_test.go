@@ -1,0 +1,360 @@
+package main
+
+// Daemon mode and -s control through the pidfile: the detached master is
+// found, signalled and stopped by pid only; the test never leaves one
+// running.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sigDaemon is a detached master started by a test, known by its pidfile
+// and log file, and every process of it the test has seen.
+type sigDaemon struct {
+	t                *testing.T
+	pidfile, logPath string
+
+	mu     sync.Mutex
+	master procID
+	kids   map[int]procID
+}
+
+// sigNewDaemon prepares the paths of a daemon and the cleanup that stops
+// whatever it leaves running: the master by pid (SIGTERM, then SIGKILL),
+// every child seen, and any process still running with this test's pidfile
+// on its command line (a second start, a new master of an upgrade).
+func sigNewDaemon(t *testing.T) *sigDaemon {
+	dir := t.TempDir()
+	d := &sigDaemon{t: t, pidfile: filepath.Join(dir, "procpool.pid"), logPath: filepath.Join(dir, "procpool.log"),
+		kids: map[int]procID{}}
+	t.Cleanup(d.cleanup)
+	return d
+}
+
+// start runs `procpool -daemon` with the daemon's pidfile and log and
+// returns its exit status and stderr; then it learns the master's pid.
+func (d *sigDaemon) start(args ...string) (int, string) {
+	d.t.Helper()
+	all := append([]string{"-daemon", "-listen=127.0.0.1:0", "-grace=3s", "-pidfile", d.pidfile, "-log", d.logPath}, args...)
+	code, stderr := runToExit(d.t, all...)
+	d.learn()
+	return code, stderr
+}
+
+// learn records the master named in the pidfile, if it runs this test's
+// binary and was not known yet, and its children.
+func (d *sigDaemon) learn() {
+	d.mu.Lock()
+	known := d.master.pid != 0
+	d.mu.Unlock()
+	if !known {
+		if pid := sigPidfilePid(d.pidfile); pid != 0 && sigRunsBinary(pid) {
+			if id, err := identify(pid); err == nil {
+				d.mu.Lock()
+				d.master = id
+				d.mu.Unlock()
+			}
+		}
+	}
+	d.trackKids()
+}
+
+// trackKids records the master's children now.
+func (d *sigDaemon) trackKids() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.master.pid == 0 || !d.master.alive() {
+		return nil
+	}
+	pids, _ := childPids(d.master.pid)
+	for _, pid := range pids {
+		if _, ok := d.kids[pid]; !ok {
+			if id, err := identify(pid); err == nil {
+				d.kids[pid] = id
+			}
+		}
+	}
+	return pids
+}
+
+// sigRunsBinary reports whether pid runs the binary TestMain built.
+func sigRunsBinary(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && exe == binPath
+}
+
+// sigProcsWith lists the live processes of this test's binary whose
+// command line mentions s.
+func sigProcsWith(s string) []procID {
+	dirs, _ := os.ReadDir("/proc")
+	var l []procID
+	for _, e := range dirs {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() || !sigRunsBinary(pid) {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(cmdline), s) {
+			continue
+		}
+		if id, err := identify(pid); err == nil && id.alive() {
+			l = append(l, id)
+		}
+	}
+	return l
+}
+
+func (d *sigDaemon) cleanup() {
+	t := d.t
+	d.learn()
+	d.mu.Lock()
+	m := d.master
+	d.mu.Unlock()
+	if m.pid != 0 && m.alive() {
+		t.Errorf("daemon %d still running at the end of the test; stopping it", m.pid)
+		sigStopAdopted(t, m)
+	}
+	for _, id := range sigProcsWith(d.pidfile) {
+		t.Errorf("process %d with pidfile %s still running at the end of the test; stopping it", id.pid, d.pidfile)
+		sigStopAdopted(t, id)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, id := range d.kids {
+		if id.alive() {
+			t.Errorf("child %d of daemon %d still alive; killing it", id.pid, m.pid)
+			syscall.Kill(id.pid, syscall.SIGKILL)
+		}
+	}
+	if t.Failed() {
+		for _, p := range []string{d.logPath, d.logPath + ".1"} {
+			if b, err := os.ReadFile(p); err == nil {
+				t.Logf("%s:\n%s", p, b)
+			}
+		}
+	}
+}
+
+// pid is the master's pid (0 if unknown).
+func (d *sigDaemon) pid() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.master.pid
+}
+
+// sigFileHas polls until the file at path matches re, and returns the
+// first match.
+func sigFileHas(path string, re *regexp.Regexp, timeout time.Duration) []string {
+	var m []string
+	pollFor(timeout, func() bool {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			m = re.FindStringSubmatch(string(b))
+		}
+		return m != nil
+	})
+	return m
+}
+
+// sigStat reads the session id and controlling terminal of pid from
+// /proc/PID/stat.
+func sigStat(pid int) (session, ttyNr int, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 5 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	session, _ = strconv.Atoi(f[3])
+	ttyNr, _ = strconv.Atoi(f[4])
+	return session, ttyNr, nil
+}
+
+// TestDaemonLifecycle goes through a daemon's life: a start over a stale pidfile
+// that returns once serving, detached in its own session; a second start
+// refused; a log rotated with -s reopen; -s stop; -s stop with nothing
+// running.
+func TestDaemonLifecycle(t *testing.T) {
+	t.Parallel()
+	d := sigNewDaemon(t)
+
+	// A stale pidfile: the pid of a process that has exited, unlocked.
+	dead := sigDeadPid(t)
+	if err := os.WriteFile(d.pidfile, []byte(strconv.Itoa(dead)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 1 || !strings.Contains(stderr, "not running") {
+		t.Errorf("-s stop with a stale pidfile: status %d, %q; want 1 and not running", code, stderr)
+	}
+
+	code, stderr := d.start("-workers=2")
+	if code != 0 {
+		t.Fatalf("-daemon exited %d: %s", code, stderr)
+	}
+	// Serving as soon as the command returned.
+	m := sigFileHas(d.logPath, reStarted, 0)
+	if m == nil {
+		t.Fatalf("no start line in %s", d.logPath)
+	}
+	url := "http://" + m[2]
+	client := &http.Client{Timeout: ioTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(url + "/")
+	if err != nil {
+		t.Fatalf("request right after -daemon returned: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != helloBody {
+		t.Errorf("request right after -daemon returned: %d %q", resp.StatusCode, body)
+	}
+
+	// The pidfile names the master (the stale pid was taken over), which
+	// leads a session of its own, with no terminal, stdin on /dev/null.
+	pid := d.pid()
+	if pid == 0 {
+		t.Fatalf("pidfile %s names no running master of this binary (holds %d)", d.pidfile, sigPidfilePid(d.pidfile))
+	}
+	if logged, _ := strconv.Atoi(m[1]); logged != pid || pid == dead {
+		t.Errorf("pidfile holds %d, the log names master %d, the stale pid was %d", pid, logged, dead)
+	}
+	sid, tty, err := sigStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := unix.Getsid(pid); err != nil || got != pid || sid != pid {
+		t.Errorf("daemon %d is in session %d (getsid %d, %v), want its own", pid, sid, got, err)
+	}
+	if tty != 0 {
+		t.Errorf("daemon %d has controlling terminal %#x, want none", pid, tty)
+	}
+	fds, err := fdTargets(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fds[0] != "/dev/null" || fds[1] != d.logPath || fds[2] != d.logPath {
+		t.Errorf("daemon stdio: 0 -> %s, 1 -> %s, 2 -> %s; want /dev/null and the log", fds[0], fds[1], fds[2])
+	}
+	gen0 := d.trackKids()
+	if len(gen0) != 2 {
+		t.Errorf("daemon has children %v, want 2", gen0)
+	}
+
+	// A second identical start is refused, naming the running master.
+	code, stderr = d.start("-workers=2")
+	want := fmt.Sprintf("already running (pid %d", pid)
+	if code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("second start: status %d, %q; want 1 and %q", code, stderr, want)
+	}
+	if got := sigPidfilePid(d.pidfile); got != pid {
+		t.Errorf("pidfile holds %d after a refused second start, want %d", got, pid)
+	}
+	// The refused master exits by itself.
+	if !pollFor(5*time.Second, func() bool {
+		l := sigProcsWith(d.pidfile)
+		return len(l) == 1 && l[0].pid == pid
+	}) {
+		t.Errorf("processes with pidfile %s after the refused start: %v, want only %d", d.pidfile, sigProcsWith(d.pidfile), pid)
+	}
+
+	// Log rotation: rename the log, -s reopen, and the next lines go to a
+	// new file at the same path.
+	rotated := d.logPath + ".1"
+	if err := os.Rename(d.logPath, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runToExit(t, "-s", "reopen", "-pidfile", d.pidfile); code != 0 {
+		t.Fatalf("-s reopen exited %d: %s", code, stderr)
+	}
+	if !pollFor(5*time.Second, func() bool { _, err := os.Stat(d.logPath); return err == nil }) {
+		t.Fatalf("no new log file at %s after -s reopen", d.logPath)
+	}
+	if code, stderr := runToExit(t, "-s", "reload", "-pidfile", d.pidfile); code != 0 {
+		t.Fatalf("-s reload exited %d: %s", code, stderr)
+	}
+	if sigFileHas(d.logPath, regexp.MustCompile(`msg="reload done" gen=1`), startTimeout) == nil {
+		t.Errorf("no reload in the new log %s", d.logPath)
+	}
+	if b, _ := os.ReadFile(rotated); strings.Contains(string(b), "reload begun") {
+		t.Errorf("the rotated log got lines after -s reopen:\n%s", b)
+	}
+	if fds, err := fdTargets(pid); err != nil || fds[2] != d.logPath {
+		t.Errorf("daemon stderr after reopen -> %q (%v), want %s", fds[2], err, d.logPath)
+	}
+	var gen1 []int
+	if !pollFor(5*time.Second, func() bool {
+		gen1 = d.trackKids()
+		return len(gen1) == 2 && !slices.Contains(gen1, gen0[0]) && !slices.Contains(gen1, gen0[1])
+	}) {
+		t.Errorf("children after the reload %v, want two new ones (old %v)", gen1, gen0)
+	}
+	for _, k := range gen1 {
+		if fds, err := fdTargets(k); err == nil && fds[2] != d.logPath {
+			t.Errorf("new child %d logs to %s, want %s", k, fds[2], d.logPath)
+		}
+	}
+
+	// -s stop: the master exits, the pidfile goes, the children too.
+	d.mu.Lock()
+	master, kids := d.master, make([]procID, 0, len(d.kids))
+	for _, id := range d.kids {
+		kids = append(kids, id)
+	}
+	d.mu.Unlock()
+	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 0 {
+		t.Fatalf("-s stop exited %d: %s", code, stderr)
+	}
+	if !pollFor(stopTimeout, func() bool { return !master.alive() }) {
+		t.Fatalf("daemon %d still running after -s stop", pid)
+	}
+	if !pollFor(2*time.Second, func() bool { _, err := os.Stat(d.pidfile); return errors.Is(err, os.ErrNotExist) }) {
+		t.Errorf("pidfile %s still there after the daemon stopped", d.pidfile)
+	}
+	if !pollFor(2*time.Second, func() bool {
+		for _, k := range kids {
+			if k.alive() {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Errorf("children of the daemon still alive after it stopped")
+	}
+	if sigFileHas(d.logPath, regexp.MustCompile(`msg="master stopped"`), 2*time.Second) == nil {
+		t.Errorf("no stop in the log")
+	}
+
+	// Nothing runs any more.
+	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 1 || !strings.Contains(stderr, "not running") {
+		t.Errorf("-s stop with nothing running: status %d, %q; want 1 and not running", code, stderr)
+	}
+}
+
+// sigDeadPid runs the binary with -h and returns its pid, which is then dead.
+func sigDeadPid(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command(binPath, "-h")
+	cmd.Env = serverEnv()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("procpool -h: %v", err)
+	}
+	return cmd.Process.Pid
+}

@@ -1,0 +1,469 @@
+package main
+
+// Reloads and upgrades lose nothing: under load from a keep-alive client
+// and from clients that open a connection per request, ten SIGHUPs and a
+// binary upgrade fail no request and refuse no connection; a config that
+// does not parse or a binary that does not start leave the running pool
+// alone.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/procpool/procpool/master"
+)
+
+// Shape and bounds of sigLoad.
+const (
+	sigLoadKeepAlive = 32               // goroutines sharing 32 keep-alive connections
+	sigLoadFresh     = 4                // goroutines opening a connection per request
+	sigLoadMaxTime   = 40 * time.Second // no load runs longer, whatever the test does
+	sigLoadMaxCount  = 200000           // requests per goroutine at most
+)
+
+// sigLoad is a bounded HTTP load on a server: GET / and POST /echo
+// alternately, every answer checked. The keep-alive client is net/http's,
+// which retries a replayable request when a reused connection turns out to
+// be closed by the server (RFC 9112 §9.3.1); the POSTs carry an
+// Idempotency-Key, which is how net/http learns that they are replayable.
+// The fresh connections never retry: a connection refused or cut there is
+// a failure.
+type sigLoad struct {
+	stop    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+	ok      atomic.Int64
+	failed  atomic.Int64
+	refused atomic.Int64
+	retried atomic.Int64 // by net/http, on a reused connection the server closed
+	mu      sync.Mutex
+	errs    []string // the first few failures
+	ka      *http.Transport
+	fresh   *http.Transport
+}
+
+func sigStartLoad(t *testing.T, addr string) *sigLoad {
+	l := &sigLoad{stop: make(chan struct{})}
+	l.ka = &http.Transport{MaxIdleConnsPerHost: sigLoadKeepAlive, MaxConnsPerHost: sigLoadKeepAlive,
+		DisableCompression: true}
+	l.fresh = &http.Transport{DisableKeepAlives: true, DisableCompression: true}
+	ka := &http.Client{Transport: l.ka, Timeout: ioTimeout}
+	fresh := &http.Client{Transport: l.fresh, Timeout: ioTimeout}
+	url := "http://" + addr
+	until := time.Now().Add(sigLoadMaxTime)
+	for w := range sigLoadKeepAlive + sigLoadFresh {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			c, isFresh := ka, w >= sigLoadKeepAlive
+			if isFresh {
+				c = fresh
+			}
+			for i := 0; i < sigLoadMaxCount && time.Now().Before(until); i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				l.request(c, url, w, i, !isFresh)
+			}
+		}()
+	}
+	t.Cleanup(l.finish) // before the server's stop, which was registered earlier
+	return l
+}
+
+func (l *sigLoad) request(c *http.Client, url string, w, i int, keepAlive bool) {
+	var req *http.Request
+	want := helloBody
+	if i%2 == 0 {
+		req, _ = http.NewRequest("GET", url+"/", nil)
+	} else {
+		want = fmt.Sprintf("worker %d request %d %s", w, i, strings.Repeat("x", i%200))
+		req, _ = http.NewRequest("POST", url+"/echo", strings.NewReader(want))
+		if keepAlive {
+			req.Header.Set("Idempotency-Key", fmt.Sprintf("%d-%d", w, i))
+		}
+	}
+	// A request that gets a connection more than once was retried.
+	var conns atomic.Int32
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(),
+		&httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }}))
+	resp, err := c.Do(req)
+	if conns.Load() > 1 {
+		l.retried.Add(1)
+	}
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			l.refused.Add(1)
+		}
+		l.fail("%s %s: %v", req.Method, req.URL.Path, err)
+		return
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	switch {
+	case err != nil:
+		l.fail("%s %s: reading the body: %v", req.Method, req.URL.Path, err)
+	case resp.StatusCode != 200 || string(body) != want:
+		l.fail("%s %s: status %d body %q, want 200 %q", req.Method, req.URL.Path, resp.StatusCode, body, want)
+	default:
+		l.ok.Add(1)
+	}
+}
+
+func (l *sigLoad) fail(format string, a ...any) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	if len(l.errs) < 10 {
+		l.errs = append(l.errs, fmt.Sprintf(format, a...))
+	}
+	l.mu.Unlock()
+}
+
+// finish stops the load and waits for it; it may be called more than once.
+func (l *sigLoad) finish() {
+	l.once.Do(func() {
+		close(l.stop)
+		l.wg.Wait()
+		l.ka.CloseIdleConnections()
+		l.fresh.CloseIdleConnections()
+	})
+}
+
+// progress waits until n more requests than now have succeeded, for up to
+// timeout, and reports whether they did.
+func (l *sigLoad) progress(n int64, timeout time.Duration) bool {
+	base := l.ok.Load()
+	return pollFor(timeout, func() bool { return l.ok.Load() >= base+n })
+}
+
+// check stops the load and fails the test on any failed request.
+func (l *sigLoad) check(t *testing.T, what string) {
+	t.Helper()
+	l.finish()
+	ok, failed, refused := l.ok.Load(), l.failed.Load(), l.refused.Load()
+	t.Logf("%s: %d requests answered, %d failed, %d connections refused, %d retried by the client",
+		what, ok, failed, refused, l.retried.Load())
+	if failed > 0 || refused > 0 {
+		l.mu.Lock()
+		t.Errorf("%s: %d requests failed, %d connections refused; first failures:\n%s", what, failed, refused,
+			strings.Join(l.errs, "\n"))
+		l.mu.Unlock()
+	}
+	if ok < 100 {
+		t.Errorf("%s: only %d requests answered: the load did not run", what, ok)
+	}
+}
+
+// TestReloadUnderLoad sends 10 SIGHUPs, one after each generation is ready,
+// to a master under load: no request fails, no connection is refused, and
+// afterwards only the last generation's children are left.
+func TestReloadUnderLoad(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2")
+	s.waitReady(2)
+	load := sigStartLoad(t, s.addr)
+	if !load.progress(200, 10*time.Second) {
+		t.Fatalf("load did not start: %d answered, %d failed", load.ok.Load(), load.failed.Load())
+	}
+	const reloads = 10
+	for gen := 1; gen <= reloads; gen++ {
+		s.sigSignal(syscall.SIGHUP)
+		if !s.sigWaitGen(reSigReloadDone, gen, startTimeout) {
+			t.Fatalf("reload %d not done within %v; log:\n%s", gen, startTimeout, s.log)
+		}
+		// Let the load go on across the old generation's drain before the
+		// next reload; a stall here is a failure of its own.
+		if !load.progress(200, 5*time.Second) {
+			t.Fatalf("no progress of the load after reload %d: %d answered, %d failed", gen, load.ok.Load(), load.failed.Load())
+		}
+	}
+	load.check(t, fmt.Sprintf("%d reloads", reloads))
+
+	last := sortedPids(s.sigReady(reloads))
+	if len(last) != 2 {
+		t.Fatalf("generation %d has ready children %v, want 2", reloads, last)
+	}
+	if got, ok := s.sigWaitChildren(last, 10*time.Second); !ok {
+		t.Errorf("master's children %v after %d reloads, want only the last generation's %v", got, reloads, last)
+	}
+	if left := s.sigTrackedAlive(last); len(left) > 0 {
+		t.Errorf("children of earlier generations still alive: %v", left)
+	}
+	if n := len(parseKids(s.log.snapshot(), reSpawned)); n != 2*(reloads+1) {
+		t.Errorf("%d children spawned over %d reloads, want %d", n, reloads, 2*(reloads+1))
+	}
+}
+
+// TestReloadBadConfig rewrites the config file with a bad value and sends
+// SIGHUP: the error names the file and line and the same children go on;
+// fixed to workers = 3, the next SIGHUP replaces them with three new ones.
+func TestReloadBadConfig(t *testing.T) {
+	t.Parallel()
+	conf := writeConfig(t, "workers = 2\n")
+	s := startServer(t, "-config="+conf)
+	before := sortedPids(s.waitReady(2))
+
+	sigRewrite(t, conf, "# broken on purpose\nworkers = banana\n")
+	s.sigSignal(syscall.SIGHUP)
+	var rejected string
+	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
+		for _, line := range lines {
+			if strings.Contains(line, `msg="reload rejected`) {
+				rejected = line
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("no rejection logged for a bad config; log:\n%s", s.log)
+	}
+	if !strings.Contains(rejected, conf+" line 2") || !strings.Contains(rejected, "workers") {
+		t.Errorf("rejection %q does not name %s line 2 and the key", rejected, conf)
+	}
+	for i := range 4 {
+		if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+			t.Errorf("request %d after the rejected reload: %+v", i, r)
+		}
+	}
+	if got := s.children(); !slices.Equal(got, before) {
+		t.Errorf("children after the rejected reload %v, want the same %v", got, before)
+	}
+	for _, line := range s.log.snapshot() {
+		if reSigReloadBegun.MatchString(line) || reSpawned.MatchString(line) && !strings.Contains(line, "gen=0") {
+			t.Errorf("a rejected reload started a generation: %s", line)
+		}
+	}
+
+	sigRewrite(t, conf, "workers = 3\n")
+	s.sigSignal(syscall.SIGHUP)
+	if !s.sigWaitGen(reSigReloadDone, 1, startTimeout) {
+		t.Fatalf("reload with the fixed config not done; log:\n%s", s.log)
+	}
+	after := s.sigReady(1)
+	if len(after) != 3 || after[0].slot != 0 || after[1].slot != 1 || after[2].slot != 2 {
+		t.Fatalf("generation 1 has ready children %v, want slots 0, 1 and 2", after)
+	}
+	want := sortedPids(after)
+	if got, ok := s.sigWaitChildren(want, 5*time.Second); !ok {
+		t.Errorf("children after the reload %v, want the three new %v (old %v gone)", got, want, before)
+	}
+}
+
+// sigRewrite replaces a file's content in one step, as an editor would.
+func sigRewrite(t *testing.T, path, text string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sigPidfilePid is the pid in the pidfile, held by a running master, or 0.
+func sigPidfilePid(path string) int {
+	pid, err := master.RunningPid(path)
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// sigStopAdopted stops a master that is not the test's child (one started by
+// an upgrade, or a daemon) by pid, with its children: SIGTERM, a bounded
+// wait, SIGKILL as a last resort with a failure.
+func sigStopAdopted(t *testing.T, id procID) {
+	t.Helper()
+	if !id.alive() {
+		return
+	}
+	kids, _ := childPids(id.pid)
+	var ids []procID
+	for _, pid := range kids {
+		if k, err := identify(pid); err == nil {
+			ids = append(ids, k)
+		}
+	}
+	syscall.Kill(id.pid, syscall.SIGTERM)
+	if !pollFor(stopTimeout, func() bool { return !id.alive() }) {
+		t.Errorf("master %d still alive %v after SIGTERM; killing it", id.pid, stopTimeout)
+		syscall.Kill(id.pid, syscall.SIGKILL)
+	}
+	if !pollFor(2*time.Second, func() bool {
+		for _, k := range ids {
+			if k.alive() {
+				return false
+			}
+		}
+		return true
+	}) {
+		for _, k := range ids {
+			if k.alive() {
+				t.Errorf("child %d of master %d still alive after it stopped; killing it", k.pid, id.pid)
+				syscall.Kill(k.pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+// TestUpgradeUnderLoad runs `-s upgrade` under load: the new master takes
+// the pidfile, the old one exits 0 after its drain, and no request fails.
+// The new master, a child of the old one adopted by the system once the
+// old one exits, is then stopped with `-s stop`.
+func TestUpgradeUnderLoad(t *testing.T) {
+	t.Parallel()
+	pidfile := filepath.Join(t.TempDir(), "procpool.pid")
+	s := startServer(t, "-workers=2", "-pidfile="+pidfile)
+	old := sortedPids(s.waitReady(2))
+	if pid := sigPidfilePid(pidfile); pid != s.pid {
+		t.Fatalf("pidfile holds %d, master is %d", pid, s.pid)
+	}
+	// The new master is not the test's child: stop it by pid before the
+	// server's cleanup checks that no process of it is left. Should the test
+	// fail before it learns that pid, the new master is found by the
+	// pidfile on its command line.
+	var adopted procID
+	t.Cleanup(func() {
+		sigStopAdopted(t, adopted)
+		for _, id := range sigProcsWith(pidfile) {
+			if id.pid != s.pid {
+				t.Errorf("master %d with pidfile %s still running at the end of the test; stopping it", id.pid, pidfile)
+				sigStopAdopted(t, id)
+			}
+		}
+	})
+	load := sigStartLoad(t, s.addr)
+	if !load.progress(200, 10*time.Second) {
+		t.Fatalf("load did not start: %d answered, %d failed", load.ok.Load(), load.failed.Load())
+	}
+
+	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
+		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
+	}
+	newPid := 0
+	ok := pollFor(15*time.Second, func() bool {
+		if newPid == 0 {
+			if pid := sigPidfilePid(pidfile); pid != 0 && pid != s.pid {
+				if id, err := identify(pid); err == nil {
+					newPid, adopted = pid, id
+				}
+			}
+		}
+		return newPid != 0 && s.hasExited()
+	})
+	if !ok {
+		t.Fatalf("upgrade not complete in 15s: pidfile holds %d, old master exited: %v; log:\n%s",
+			sigPidfilePid(pidfile), s.hasExited(), s.log)
+	}
+	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("old master exited with %v, want status 0", s.cmd.ProcessState)
+	}
+	if !adopted.alive() {
+		t.Fatalf("new master %d from the pidfile is not alive", newPid)
+	}
+	// The new master serves on its own.
+	if !load.progress(500, 10*time.Second) {
+		t.Errorf("no progress of the load after the old master exited")
+	}
+	load.check(t, "upgrade")
+
+	for _, pid := range old {
+		if pidAlive(pid) {
+			t.Errorf("old child %d still alive after the old master exited", pid)
+		}
+	}
+	newKids, err := childPids(newPid)
+	if err != nil || len(newKids) != 2 {
+		t.Errorf("new master %d has children %v (%v), want 2", newPid, newKids, err)
+	}
+	for _, pid := range newKids {
+		s.track(pid) // the server's cleanup checks they are gone
+	}
+
+	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", pidfile); code != 0 {
+		t.Fatalf("-s stop after the upgrade exited %d: %s", code, stderr)
+	}
+	if !pollFor(stopTimeout, func() bool { return !adopted.alive() }) {
+		t.Fatalf("new master %d still alive after -s stop", newPid)
+	}
+	if !pollFor(2*time.Second, func() bool { _, err := os.Stat(pidfile); return errors.Is(err, os.ErrNotExist) }) {
+		t.Errorf("pidfile %s left after the new master stopped", pidfile)
+	}
+}
+
+// TestUpgradeFailed replaces the binary the master was started from with a
+// script that exits 1: `-s upgrade` fails, the old master says so and goes
+// on serving with the same children, and the pidfile still names it.
+func TestUpgradeFailed(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "procpool")
+	b, err := os.ReadFile(binPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pidfile := filepath.Join(dir, "procpool.pid")
+	s := sigStartServer(t, bin, "-workers=2", "-pidfile="+pidfile)
+	kids := sortedPids(s.waitReady(2))
+	// A running binary cannot be written to; a new file is renamed over it.
+	script := filepath.Join(dir, "broken")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(script, bin); err != nil {
+		t.Fatal(err)
+	}
+
+	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
+		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
+	}
+	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
+		for _, line := range lines {
+			if strings.Contains(line, `msg="upgrade failed`) {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("no failed upgrade logged; log:\n%s", s.log)
+	}
+	if s.hasExited() {
+		t.Fatalf("master exited after a failed upgrade: %v", s.cmd.ProcessState)
+	}
+	if pid := sigPidfilePid(pidfile); pid != s.pid {
+		t.Errorf("pidfile holds %d after a failed upgrade, want the old master %d", pid, s.pid)
+	}
+	for i := range 4 {
+		if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+			t.Errorf("request %d after the failed upgrade: %+v", i, r)
+		}
+	}
+	if got := s.children(); !slices.Equal(got, kids) {
+		t.Errorf("children after the failed upgrade %v, want the same %v", got, kids)
+	}
+	// The listening socket is still the old master's alone.
+	one := func(l sockets) bool { return l.total == 1 && l.byPid[s.pid] == 1 }
+	if l := pollOwners(t, one, s.port, tcpListen, nil, s.pid); !one(l) {
+		t.Errorf("listening sockets on port %d after the failed upgrade: %+v", s.port, l)
+	}
+}

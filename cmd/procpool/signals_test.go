@@ -1,0 +1,444 @@
+package main
+
+// Signals to the master, seen from outside: a graceful stop that finishes
+// a request whose body is still arriving, a killed child replaced at once,
+// a crash loop slowed down by backoff, and SIGTTIN/SIGTTOU.
+//
+// The helpers here carry the sig prefix: other files of this package are
+// written at the same time by others.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	reSigReloadBegun = regexp.MustCompile(`msg="reload begun" gen=(\d+)`)
+	reSigReloadDone  = regexp.MustCompile(`msg="reload done" gen=(\d+)`)
+	reSigWorkers     = regexp.MustCompile(`msg="workers changed" workers=(\d+)`)
+)
+
+// sigStartServer is startServer for another binary than the one TestMain
+// built: it starts bin as a master on 127.0.0.1:0 and waits until it has
+// logged its address. The cleanup is the same (server.stop).
+func sigStartServer(t *testing.T, bin string, args ...string) *server {
+	t.Helper()
+	all := append([]string{"-listen=127.0.0.1:0", "-grace=3s"}, args...)
+	cmd := exec.Command(bin, all...)
+	cmd.Env = serverEnv()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		t.Fatal(err)
+	}
+	w.Close()
+	s := &server{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogBuf(), exited: make(chan struct{}),
+		stderr: r, kids: map[int]procID{}}
+	go s.readLog()
+	go func() {
+		cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(s.stop)
+
+	var m []string
+	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
+		for _, line := range lines {
+			if m = reStarted.FindStringSubmatch(line); m != nil {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("master %s %v did not log its start within %v; log:\n%s", bin, all, startTimeout, s.log)
+	}
+	if pid, _ := strconv.Atoi(m[1]); pid != s.pid {
+		t.Fatalf("master logged pid %d, started pid %d", pid, s.pid)
+	}
+	s.addr = m[2]
+	_, port, err := net.SplitHostPort(s.addr)
+	if err != nil {
+		t.Fatalf("master logged listen=%q: %v", s.addr, err)
+	}
+	s.port, _ = strconv.Atoi(port)
+	return s
+}
+
+// sigSignal sends sig to the master.
+func (s *server) sigSignal(sig syscall.Signal) {
+	s.t.Helper()
+	if err := syscall.Kill(s.pid, sig); err != nil {
+		s.t.Fatalf("%v to master %d: %v", sig, s.pid, err)
+	}
+}
+
+// sigWaitGen waits until the master logs re with gen as its first field.
+func (s *server) sigWaitGen(re *regexp.Regexp, gen int, timeout time.Duration) bool {
+	want := strconv.Itoa(gen)
+	return s.log.waitFor(timeout, s.exited, func(lines []string) bool {
+		for _, line := range lines {
+			if m := re.FindStringSubmatch(line); m != nil && m[1] == want {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// sigReady are the children of generation gen that reported ready, in
+// slot order.
+func (s *server) sigReady(gen int) []kidInfo {
+	var kids []kidInfo
+	for _, k := range parseKids(s.log.snapshot(), reReady) {
+		if k.gen == gen {
+			kids = append(kids, k)
+		}
+	}
+	sortKids(kids)
+	return kids
+}
+
+// sigWaitChildren polls until the master's children, from /proc, are
+// exactly want (sorted), and returns the last list it saw.
+func (s *server) sigWaitChildren(want []int, timeout time.Duration) ([]int, bool) {
+	var got []int
+	ok := pollFor(timeout, func() bool {
+		got = s.children()
+		return slices.Equal(got, want)
+	})
+	return got, ok
+}
+
+// sigTrackedAlive are the children this server ever had, other than keep,
+// that are still alive.
+func (s *server) sigTrackedAlive(keep []int) []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var l []int
+	for pid, id := range s.kids {
+		if !slices.Contains(keep, pid) && id.alive() {
+			l = append(l, pid)
+		}
+	}
+	slices.Sort(l)
+	return l
+}
+
+// sigServerSocket finds in /proc/net/tcp the server's end of the
+// connection from client port peer to local port port: its inode, and how
+// many received bytes wait in it unread.
+func sigServerSocket(port, peer int) (inode uint64, rxQueue int, found bool, err error) {
+	f, err := os.Open("/proc/net/tcp")
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer f.Close()
+	portOf := func(addr string) int {
+		_, p, _ := strings.Cut(addr, ":")
+		n, _ := strconv.ParseUint(p, 16, 16)
+		return int(n)
+	}
+	hex := fmt.Sprintf(":%04X ", port)
+	sc := bufio.NewScanner(bufio.NewReaderSize(f, 256<<10))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, hex) {
+			continue
+		}
+		fl := strings.Fields(line)
+		if len(fl) < 10 || portOf(fl[1]) != port || portOf(fl[2]) != peer {
+			continue
+		}
+		_, rx, _ := strings.Cut(fl[4], ":")
+		n, _ := strconv.ParseUint(rx, 16, 32)
+		ino, _ := strconv.ParseUint(fl[9], 10, 64)
+		if ino == 0 {
+			continue
+		}
+		return ino, int(n), true, nil
+	}
+	return 0, 0, false, sc.Err()
+}
+
+// TestGracefulStopHalfBody sends SIGTERM while a request body is half sent
+// and another connection sits idle: the listener closes at once (a new
+// connection is refused), the idle connection is closed by the drain, the
+// half-sent request is still answered in full with Connection: close once
+// its body is complete, and then the master exits 0 with its children gone.
+func TestGracefulStopHalfBody(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2", "-grace=8s")
+	kids := s.waitReady(2)
+	pids := kidPids(kids)
+	var ids []procID
+	for _, pid := range pids {
+		id, err := identify(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+
+	// An idle keep-alive connection, after one request.
+	idle := s.dial(t)
+	if r, err := idle.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil || r.status != 200 || r.close {
+		t.Fatalf("keep-alive request: %+v, %v", r, err)
+	}
+	// The half-sent request: headers and 5 of 10 bytes of body.
+	half := s.dial(t)
+	if _, err := io.WriteString(half, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until a child holds the connection and has read all of it.
+	peer := half.LocalAddr().(*net.TCPAddr).Port
+	holder := 0
+	read := pollFor(5*time.Second, func() bool {
+		ino, rx, found, err := sigServerSocket(s.port, peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found || rx != 0 {
+			return false
+		}
+		for _, pid := range pids {
+			if inodes, err := socketInodes(pid); err == nil && inodes[ino] {
+				holder = pid
+				return true
+			}
+		}
+		return false
+	})
+	if !read {
+		t.Fatalf("no child holds the half-sent request with nothing left unread; children %v", pids)
+	}
+
+	s.sigSignal(syscall.SIGTERM)
+	signalled := time.Now()
+
+	// The listener closes: nothing listens on the port any more, and a new
+	// connection is refused.
+	none := func(l sockets) bool { return l.total == 0 }
+	if l := pollOwners(t, none, s.port, tcpListen, nil); !none(l) {
+		t.Fatalf("%d sockets still listen on port %d after SIGTERM", l.total, s.port)
+	}
+	if c, err := net.DialTimeout("tcp", s.addr, ioTimeout); err == nil {
+		c.Close()
+		t.Errorf("a new connection after SIGTERM was accepted")
+	} else if !sigRefusedOrReset(err) {
+		t.Errorf("a new connection after SIGTERM: %v, want refused", err)
+	}
+
+	// The drain closes the idle connection.
+	if err := idle.waitClosed(5 * time.Second); err != nil {
+		t.Errorf("idle keep-alive connection during the drain: %v", err)
+	}
+	t.Logf("idle connection closed %v after SIGTERM", time.Since(signalled).Round(time.Millisecond))
+	if s.hasExited() {
+		t.Fatalf("master exited with a request still in progress; log:\n%s", s.log)
+	}
+	if !pidAlive(holder) {
+		t.Fatalf("child %d holding the half-sent request is gone", holder)
+	}
+
+	// The rest of the body: the request is answered in full, with the close.
+	r, err := half.roundTrip("world")
+	if err != nil {
+		t.Fatalf("response to the half-sent request after SIGTERM: %v", err)
+	}
+	if r.status != 200 || r.body != "helloworld" {
+		t.Errorf("response to the half-sent request: status %d body %q, want 200 %q", r.status, r.body, "helloworld")
+	}
+	if !r.close { // net/http's reader takes Connection: close out of the header into this
+		t.Errorf("response during the drain does not say Connection: close")
+	}
+	if err := half.waitClosed(5 * time.Second); err != nil {
+		t.Errorf("connection after the last response of the drain: %v", err)
+	}
+
+	select {
+	case <-s.exited:
+	case <-time.After(stopTimeout):
+		t.Fatalf("master still running %v after its last request finished", stopTimeout)
+	}
+	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("master exited with %v after SIGTERM, want status 0", s.cmd.ProcessState)
+	}
+	gone := pollFor(2*time.Second, func() bool {
+		for _, id := range ids {
+			if id.alive() {
+				return false
+			}
+		}
+		return true
+	})
+	if !gone {
+		t.Errorf("children still alive after the master exited")
+	}
+}
+
+func sigRefusedOrReset(err error) bool {
+	return err != nil && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET))
+}
+
+// TestKilledChildRespawnLatency kills a ready child with SIGKILL and times
+// how long its slot goes without a ready child: under a second.
+func TestKilledChildRespawnLatency(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2")
+	kids := s.waitReady(2)
+	victim := kids[0]
+	if err := syscall.Kill(victim.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	var replacement kidInfo
+	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
+		for _, k := range parseKids(lines, reReady) {
+			if k.slot == victim.slot && k.pid != victim.pid {
+				replacement = k
+				return true
+			}
+		}
+		return false
+	})
+	latency := time.Since(killed)
+	if !ok {
+		t.Fatalf("no replacement for slot %d reported ready within %v; log:\n%s", victim.slot, startTimeout, s.log)
+	}
+	t.Logf("child %d killed; replacement %d ready after %v", victim.pid, replacement.pid, latency.Round(time.Millisecond))
+	if latency > time.Second {
+		t.Errorf("replacement ready %v after the kill, want under 1s", latency.Round(time.Millisecond))
+	}
+	want := []int{kids[1].pid, replacement.pid}
+	slices.Sort(want)
+	if got, ok := s.sigWaitChildren(want, 2*time.Second); !ok {
+		t.Errorf("children after the respawn %v, want %v", got, want)
+	}
+	if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+		t.Errorf("request after the respawn: %+v", r)
+	}
+}
+
+// sigCrashBin builds the binary with crashhook.go, whose children exit 1
+// as soon as they start.
+func sigCrashBin(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "procpool-crash")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, goTool(), "build", "-tags", "procpool_crashtest", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build -tags procpool_crashtest: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestCrashLoopBackoff starts a master whose children die at once, every
+// time: over 5 s it respawns the slot with backoff (100 ms doubling: about
+// 6 spawns), neither storming nor giving up, and the master stays up.
+func TestCrashLoopBackoff(t *testing.T) {
+	t.Parallel()
+	bin := sigCrashBin(t)
+	s := sigStartServer(t, bin, "-workers=1")
+	const window = 5 * time.Second
+	begin := time.Now()
+	// The window is watched, not slept through: the master must stay up
+	// the whole time.
+	if s.log.waitFor(window, s.exited, func([]string) bool { return false }) || s.hasExited() {
+		t.Fatalf("master exited %v into the crash loop; log:\n%s", time.Since(begin).Round(time.Millisecond), s.log)
+	}
+	lines := s.log.snapshot()
+	spawns := len(parseKids(lines, reSpawned))
+	died := 0
+	for _, line := range lines {
+		if strings.Contains(line, `msg="child died unexpectedly"`) {
+			died++
+		}
+		if strings.Contains(line, `msg="child ready"`) {
+			t.Errorf("a crashing child reported ready: %s", line)
+		}
+	}
+	t.Logf("%d spawns and %d deaths in %v", spawns, died, window)
+	if spawns < 3 || spawns > 12 {
+		t.Errorf("%d spawns in %v, want 3 to 12 (backoff from 100 ms doubling); log:\n%s", spawns, window, strings.Join(lines, "\n"))
+	}
+	if !pidAlive(s.pid) {
+		t.Errorf("master %d not alive after the crash loop", s.pid)
+	}
+}
+
+// TestTTINTTOU adds a child with SIGTTIN and removes one with each SIGTTOU.
+func TestTTINTTOU(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2")
+	kids := s.waitReady(2)
+	pids := sortedPids(kids)
+
+	s.sigSignal(syscall.SIGTTIN)
+	var added kidInfo
+	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
+		for _, k := range parseKids(lines, reReady) {
+			if k.slot == 2 && k.gen == 0 {
+				added = k
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("no child for slot 2 after SIGTTIN; log:\n%s", s.log)
+	}
+	three := append(slices.Clone(pids), added.pid)
+	slices.Sort(three)
+	if got, ok := s.sigWaitChildren(three, 5*time.Second); !ok {
+		t.Fatalf("children after SIGTTIN %v, want %v", got, three)
+	}
+	if r := s.get(t, "/"); r.status != 200 {
+		t.Errorf("request with 3 children: %+v", r)
+	}
+
+	s.sigSignal(syscall.SIGTTOU)
+	if got, ok := s.sigWaitChildren(pids, 5*time.Second); !ok {
+		t.Fatalf("children after SIGTTOU %v, want %v (the slot 2 child %d retired)", got, pids, added.pid)
+	}
+	s.sigSignal(syscall.SIGTTOU)
+	one := []int{kids[0].pid} // slot 1 goes
+	if got, ok := s.sigWaitChildren(one, 5*time.Second); !ok {
+		t.Fatalf("children after a second SIGTTOU %v, want %v", got, one)
+	}
+	for i := range 4 {
+		if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+			t.Errorf("request %d with one child: %+v", i, r)
+		}
+	}
+	var counts []string
+	for _, line := range s.log.snapshot() {
+		if m := reSigWorkers.FindStringSubmatch(line); m != nil {
+			counts = append(counts, m[1])
+		}
+	}
+	if !slices.Equal(counts, []string{"3", "2", "1"}) {
+		t.Errorf("workers changed to %v, want [3 2 1]", counts)
+	}
+}
