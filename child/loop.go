@@ -49,9 +49,14 @@ type loop struct {
 	pool     *pool // nil in inline mode
 	draining atomic.Bool
 	sweepAt  int64
-	full     bool  // MaxConns reached: the own listener is out of the poll set
-	drainBy  int64 // when idle connections of a draining child close
-	sig      *ipc.SelfPipe
+	full     bool // MaxConns reached: the own listener is out of the poll set
+	// Out of fds (reuseport): the own listener is out of the poll set until
+	// resumeAt, so a listener that stays readable is not spun on.
+	acceptPaused bool
+	resumeAt     int64
+	lastEMFILE   int64 // when that was last logged, to log it once a second
+	drainBy      int64 // when idle connections of a draining child close
+	sig          *ipc.SelfPipe
 }
 
 // Run serves until the master tells the child to stop (nil after a drain) or
@@ -131,7 +136,11 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 
 func (l *loop) run() error {
 	for {
-		n, err := l.poller.Wait(l.events, 1000)
+		wait := 1000
+		if l.acceptPaused {
+			wait = int(min(max(0, (l.resumeAt-time.Now().UnixNano())/int64(time.Millisecond)+1), 1000))
+		}
+		n, err := l.poller.Wait(l.events, wait)
 		if err != nil {
 			return err
 		}
@@ -168,6 +177,12 @@ func (l *loop) run() error {
 		if now := l.sess.clk.now.UnixNano(); now >= l.sweepAt {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
+		}
+		if l.acceptPaused && l.sess.clk.now.UnixNano() >= l.resumeAt {
+			l.acceptPaused = false
+			if !l.full && l.cfg.Listener > 0 {
+				l.poller.Add(l.cfg.Listener, epoll.In)
+			}
 		}
 		if l.draining.Load() && l.open == 0 {
 			return nil
@@ -224,6 +239,19 @@ func (l *loop) accept() bool {
 		case unix.EINTR, unix.ECONNABORTED:
 			continue // the peer gave up while queued; take the next one
 		case unix.EAGAIN:
+		case unix.EMFILE, unix.ENFILE:
+			// The connection stays queued, and the listener readable: rest
+			// rather than spin on it (as the master does in fdpass mode).
+			now := time.Now().UnixNano()
+			if !l.acceptPaused && !l.full {
+				l.poller.Delete(l.cfg.Listener)
+			}
+			l.acceptPaused = true
+			l.resumeAt = now + int64(acceptPause)
+			if now-l.lastEMFILE >= int64(time.Second) {
+				l.lastEMFILE = now
+				fmt.Fprintf(os.Stderr, "procpool child %d: accept: out of file descriptors, pausing: %v\n", l.cfg.Slot, err)
+			}
 		default:
 			fmt.Fprintf(os.Stderr, "procpool child %d: accept: %v\n", l.cfg.Slot, err)
 		}
@@ -231,6 +259,9 @@ func (l *loop) accept() bool {
 	}
 	return true
 }
+
+// acceptPause is how long accepting rests when the fd table is full.
+const acceptPause = 100 * time.Millisecond
 
 // register adopts an accepted connection.
 func (l *loop) register(fd int) {
@@ -324,8 +355,8 @@ func (l *loop) closeConn(c *conn) {
 	l.open--
 	l.cfg.Stats.Closed.Add(1)
 	if l.full && l.open < l.cfg.MaxConns && l.cfg.Listener > 0 {
-		if l.poller.Add(l.cfg.Listener, epoll.In) == nil {
-			l.full = false
+		if l.acceptPaused || l.poller.Add(l.cfg.Listener, epoll.In) == nil {
+			l.full = false // while paused, the resume adds it back
 		}
 	}
 }

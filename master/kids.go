@@ -441,6 +441,9 @@ func (m *Master) reload() {
 		}
 		// Only what the pool is made of changes; how the master runs does not.
 		m.cfg.Workers, m.cfg.Affinity, m.cfg.Args, m.cfg.Grace = cfg.Workers, cfg.Affinity, cfg.Args, cfg.Grace
+		// The master admits connections for the children by -max-conns
+		// (fdpass), so it must follow the children's new limit.
+		m.cfg.MaxConns = cfg.MaxConns
 	}
 	m.gen++
 	m.setWorkers(m.cfg.Workers)
