@@ -56,7 +56,27 @@ func (p *pool) worker(s *session) {
 			s.alog.flush(time.Now())
 		}
 	}()
-	for c := range p.work {
+	// An idle worker still writes its pending access log lines once they
+	// are a second old, as the loop does: without the ticker they would
+	// wait for the worker's next connection, however long that takes.
+	var flush <-chan time.Time
+	if s.alog != nil {
+		t := time.NewTicker(logFlushEvery)
+		defer t.Stop()
+		flush = t.C
+	}
+	for {
+		var c *conn
+		select {
+		case now := <-flush:
+			s.alog.tick(now)
+			continue
+		case w, ok := <-p.work:
+			if !ok {
+				return
+			}
+			c = w
+		}
 		a := s.serve(c)
 		if s.alog != nil {
 			s.alog.tick(s.clk.now)
