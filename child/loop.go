@@ -64,6 +64,7 @@ type loop struct {
 // for good: the loop, its epoll set and the CPU pinning belong to that thread.
 func Run(cfg Config, h Handler) error {
 	runtime.LockOSThread()
+	epoll.SpareP() // a pinned child starts with GOMAXPROCS 1
 	cfg.setDefaults()
 	l, err := newLoop(cfg, h)
 	if err != nil {

@@ -128,6 +128,7 @@ func Run(cfg Config) error {
 	// Children are forked from this thread: pinning (see forkExecPinned) and
 	// PR_SET_PDEATHSIG both belong to it, so it must stay this goroutine's.
 	runtime.LockOSThread()
+	epoll.SpareP()
 	m, err := start(cfg)
 	if err != nil {
 		return err
