@@ -22,6 +22,7 @@ type conn struct {
 	scan       int        // bytes of an incomplete header block already seen; 0 when none
 	linger     int        // bytes still accepted while lingering
 	busy       bool       // a pool worker holds it; the loop keeps its hands off
+	polled     bool       // in the epoll set (it is not while first served)
 	peer       netip.Addr // the client, only kept for the access log
 }
 

@@ -282,11 +282,6 @@ func (l *loop) register(fd int) {
 	}
 	c.state = stReading
 	c.deadline = l.sess.clk.now.Add(l.cfg.Timeouts.Header).UnixNano()
-	if err := l.poller.Add(fd, connEvents); err != nil {
-		unix.Close(fd)
-		l.spare = append(l.spare, c)
-		return
-	}
 	l.conns[fd] = c
 	l.open++
 	l.cfg.Stats.Accepted.Add(1)
@@ -294,6 +289,16 @@ func (l *loop) register(fd int) {
 		l.full = true // reuseport: leave the rest to siblings with room
 		l.poller.Delete(l.cfg.Listener)
 	}
+	if l.pool != nil {
+		l.apply(c, aRead)
+		return
+	}
+	// A client sends its request right behind the connect, so by the time
+	// the connection is here the request usually is too: serving it now
+	// saves a wake-up and an epoll_ctl per connection, which is most of what
+	// a one-request connection costs beyond its syscalls. When it has not
+	// come yet, the read says EAGAIN and the connection is armed as usual.
+	l.apply(c, l.sess.serve(c))
 }
 
 func (l *loop) newConn() *conn {
@@ -337,14 +342,24 @@ func (l *loop) apply(c *conn, a action) {
 	var err error
 	switch a {
 	case aRead:
-		err = l.poller.Rearm(c.fd, connEvents)
+		err = l.arm(c, connEvents)
 	case aWrite:
 		c.state = stWriting
-		err = l.poller.Rearm(c.fd, writeEvents)
+		err = l.arm(c, writeEvents)
 	}
 	if a == aClose || err != nil {
 		l.closeConn(c)
 	}
+}
+
+// arm waits for the next event on c: a new registration the first time,
+// a re-arm of the one-shot registration after that.
+func (l *loop) arm(c *conn, events uint32) error {
+	if c.polled {
+		return l.poller.Rearm(c.fd, events)
+	}
+	c.polled = true
+	return l.poller.Add(c.fd, events)
 }
 
 func (l *loop) closeConn(c *conn) {
