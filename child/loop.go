@@ -175,6 +175,7 @@ func (l *loop) run() error {
 		if l.sess.alog != nil {
 			l.sess.alog.tick(l.sess.clk.now)
 		}
+		l.poller.Yield(l.sess.clk.now.UnixNano())
 		if now := l.sess.clk.now.UnixNano(); now >= l.sweepAt {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)

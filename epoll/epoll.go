@@ -35,7 +35,8 @@ func Writable(e *Event) bool { return e.Events&(Out|Err|Hup) != 0 }
 
 // Poller owns one epoll instance.
 type Poller struct {
-	fd int
+	fd      int
+	yieldAt int64
 }
 
 // Open creates a poller whose descriptor is closed on exec.
@@ -123,5 +124,21 @@ func (p *Poller) Close() error {
 func SpareP() {
 	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
 		runtime.GOMAXPROCS(2)
+	}
+}
+
+// yieldEvery is under sysmon's 10 ms preemption period.
+const yieldEvery = 5e6
+
+// Yield lets other goroutines have the thread every few milliseconds; now is
+// the caller's clock in unix nanoseconds. A loop that always finds work never
+// passes through the scheduler, so every 10 ms sysmon preempts it with a
+// signal and, if it is in epoll_wait at that moment, takes its P away, which
+// also sets sysmon itself polling every 20 µs again. Yielding first avoids
+// both.
+func (p *Poller) Yield(now int64) {
+	if now >= p.yieldAt {
+		p.yieldAt = now + yieldEvery
+		runtime.Gosched()
 	}
 }

@@ -223,6 +223,7 @@ func (m *Master) loop() error {
 			m.checkUpgrade(now)
 		}
 		m.updateAccepting(now)
+		m.poller.Yield(now.UnixNano())
 
 		n, err := m.poller.Wait(m.events, m.timeout())
 		if err != nil {
