@@ -18,7 +18,7 @@ import (
 // socket joins the port's SO_REUSEPORT group, so that several processes
 // can each hold one and the kernel spreads connections among them.
 func Listen(addr string, backlog int, reuseport bool) (int, error) {
-	fd, err := bind(addr, reuseport)
+	fd, err := bind(addr, true, reuseport)
 	if err != nil {
 		return -1, err
 	}
@@ -32,14 +32,19 @@ func Listen(addr string, backlog int, reuseport bool) (int, error) {
 	return fd, nil
 }
 
-func bind(addr string, reuseport bool) (int, error) {
+// bind opens a non-blocking TCP socket bound to addr. reuseaddr lets it bind
+// beside connections left in TIME_WAIT by an earlier server.
+func bind(addr string, reuseaddr, reuseport bool) (int, error) {
 	ap, err := resolve(addr)
 	if err != nil {
 		return -1, err
 	}
-	family := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	if ap.Addr().Is6() {
+	var family int
+	var sa unix.Sockaddr
+	if ap.Addr().Is4() {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	} else {
 		family = unix.AF_INET6
 		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 	}
@@ -50,12 +55,14 @@ func bind(addr string, reuseport bool) (int, error) {
 	fail := func(call string, err error) (int, error) {
 		unix.Close(fd)
 		if errors.Is(err, unix.EADDRINUSE) {
-			return -1, fmt.Errorf("listen %s: address already in use", addr)
+			return -1, fmt.Errorf("listen %s: %w", addr, err) // "address already in use"
 		}
 		return -1, fmt.Errorf("listen %s: %w", addr, os.NewSyscallError(call, err))
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		return fail("setsockopt", err)
+	if reuseaddr {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return fail("setsockopt", err)
+		}
 	}
 	if reuseport {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
@@ -128,13 +135,27 @@ func LocalAddr(fd int) (string, error) {
 // The kernel lets any socket of the same user join a SO_REUSEPORT group, so a
 // second server started on a port this one serves would silently share it.
 // A bind without SO_REUSEPORT first fails if anyone holds the port.
+//
+// The reservation itself goes without SO_REUSEADDR: two sockets that both
+// have it may share a port as long as neither listens, so with it any program
+// could bind and listen on the port while no child is up. Without it only a
+// SO_REUSEPORT socket of our user can join. Connections left in TIME_WAIT by
+// an earlier server without SO_REUSEPORT also block such a bind; then, and
+// only then (the probe, which has SO_REUSEADDR, got through), the reservation
+// takes SO_REUSEADDR as well.
 func Reserve(addr string) (int, error) {
+	probed := false
 	if ap, err := resolve(addr); err == nil && ap.Port() != 0 {
-		probe, err := bind(addr, false)
+		probe, err := bind(addr, true, false)
 		if err != nil {
 			return -1, err
 		}
 		unix.Close(probe)
+		probed = true
 	}
-	return bind(addr, true)
+	fd, err := bind(addr, false, true)
+	if errors.Is(err, unix.EADDRINUSE) && probed {
+		return bind(addr, true, true)
+	}
+	return fd, err
 }
