@@ -36,24 +36,52 @@ func TakePidfile(path string) (*Pidfile, error) {
 
 // lockPidfile opens path, takes its lock as how says, and writes our pid.
 func lockPidfile(path string, how int) (*Pidfile, error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("pidfile %s: %w", path, err)
-	}
-	if err := flock(fd, how); err != nil {
-		pid, _ := readPid(fd)
-		unix.Close(fd)
-		if err == unix.EWOULDBLOCK {
-			return nil, fmt.Errorf("already running (pid %d, pidfile %s)", pid, path)
+	for {
+		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("pidfile %s: %w", path, err)
 		}
-		return nil, fmt.Errorf("pidfile %s: lock: %w", path, err)
+		if err := flock(fd, how); err != nil {
+			pid, _ := readPid(fd)
+			unix.Close(fd)
+			if err == unix.EWOULDBLOCK {
+				return nil, fmt.Errorf("already running (pid %d, pidfile %s)", pid, path)
+			}
+			return nil, fmt.Errorf("pidfile %s: lock: %w", path, err)
+		}
+		// The holder we waited for, or raced with, may have removed the
+		// file before it let go: our lock is then on a name nobody can
+		// find, and a third master would start beside us. Lock the file
+		// the path names now.
+		if same, err := namesFd(path, fd); err != nil || !same {
+			unix.Close(fd)
+			if err != nil {
+				return nil, fmt.Errorf("pidfile %s: %w", path, err)
+			}
+			continue
+		}
+		p := &Pidfile{path: path, fd: fd}
+		if err := p.Write(os.Getpid()); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
+		return p, nil
 	}
-	p := &Pidfile{path: path, fd: fd}
-	if err := p.Write(os.Getpid()); err != nil {
-		unix.Close(fd)
-		return nil, err
+}
+
+// namesFd reports whether path still names the file open as fd.
+func namesFd(path string, fd int) (bool, error) {
+	var byFd, byPath unix.Stat_t
+	if err := unix.Fstat(fd, &byFd); err != nil {
+		return false, err
 	}
-	return p, nil
+	if err := unix.Stat(path, &byPath); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, err
+	}
+	return byFd.Dev == byPath.Dev && byFd.Ino == byPath.Ino, nil
 }
 
 // Write replaces the pid in the file.
@@ -96,8 +124,12 @@ func RunningPid(path string) (int, error) {
 		return 0, fmt.Errorf("pidfile %s: %w", path, err)
 	}
 	defer unix.Close(fd)
-	if err := flock(fd, unix.LOCK_SH|unix.LOCK_NB); err == nil {
+	switch err := flock(fd, unix.LOCK_SH|unix.LOCK_NB); err {
+	case nil:
 		return 0, ErrNotRunning // nobody holds it: a stale file
+	case unix.EWOULDBLOCK: // held: the pid in it is the master's
+	default:
+		return 0, fmt.Errorf("pidfile %s: lock: %w", path, err)
 	}
 	pid, err := readPid(fd)
 	if err != nil || pid <= 0 {
