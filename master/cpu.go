@@ -24,14 +24,28 @@ func allowedCPUs() []int {
 	return cpus
 }
 
-// forkExecPinned starts a process confined to cpu (none when cpu < 0).
+// forkExecPinned starts a process confined to cpu (none when cpu < 0), under
+// SCHED_BATCH when batch is set.
 //
 // Affinity in Linux belongs to a thread, and a Go process has many, so pinning
 // from inside the child would race with the runtime starting threads. A new
 // process instead inherits the mask of the thread that forks it: the master's
 // loop thread (locked by Run) narrows its own mask, forks, and restores it.
-// Every thread of the child, the runtime's included, then starts pinned.
-func forkExecPinned(cpu int, path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+// Every thread of the child, the runtime's included, then starts pinned. The
+// scheduling policy is inherited the same way.
+func forkExecPinned(cpu int, batch bool, path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+	if batch {
+		old, err := unix.SchedGetAttr(0, 0)
+		if err != nil {
+			return 0, os.NewSyscallError("sched_getattr", err)
+		}
+		b := *old
+		b.Policy = unix.SCHED_BATCH
+		if err := unix.SchedSetAttr(0, &b, 0); err != nil {
+			return 0, os.NewSyscallError("sched_setattr", err)
+		}
+		defer unix.SchedSetAttr(0, old, 0) // as with the mask below
+	}
 	if cpu < 0 {
 		return syscall.ForkExec(path, argv, attr)
 	}

@@ -162,7 +162,7 @@ func startPinned(t *testing.T, cpu int) ([]int, error) {
 		Files: []uintptr{null.Fd(), null.Fd(), null.Fd()},
 		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
 	}
-	pid, err := forkExecPinned(cpu, exe, []string{"child", "-test.run=^$"}, attr)
+	pid, err := forkExecPinned(cpu, false, exe, []string{"child", "-test.run=^$"}, attr)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func TestForkExecPinnedBadCPU(t *testing.T) {
 	// Beyond what a CPUSet holds: the mask would be empty, which the
 	// kernel refuses; nothing is started and the mask is kept.
 	bad := len(unix.CPUSet{}) * 64
-	pid, err := forkExecPinned(bad, "/nonexistent", []string{"x"}, &syscall.ProcAttr{})
+	pid, err := forkExecPinned(bad, false, "/nonexistent", []string{"x"}, &syscall.ProcAttr{})
 	var se *os.SyscallError
 	if !errors.As(err, &se) || se.Syscall != "sched_setaffinity" || !errors.Is(err, unix.EINVAL) {
 		t.Errorf("forkExecPinned(%d) = %d, %v; want a sched_setaffinity EINVAL", bad, pid, err)
@@ -231,10 +231,55 @@ func TestForkExecPinnedBadCPU(t *testing.T) {
 		t.Errorf("forking thread's mask changed by a failed pin")
 	}
 	// A spawn that fails to exec still restores the mask.
-	if _, err := forkExecPinned(allowedCPUs()[0], "/nonexistent/binary", []string{"x"}, &syscall.ProcAttr{}); !errors.Is(err, unix.ENOENT) {
+	if _, err := forkExecPinned(allowedCPUs()[0], false, "/nonexistent/binary", []string{"x"}, &syscall.ProcAttr{}); !errors.Is(err, unix.ENOENT) {
 		t.Errorf("exec of a missing binary: %v, want ENOENT", err)
 	}
 	if m := threadMask(t); m != old {
 		t.Errorf("forking thread's mask not restored after a failed exec")
+	}
+}
+
+// TestForkExecPinnedBatch: with batch, the child runs under SCHED_BATCH and
+// the forking thread keeps its own policy; without, the child has the
+// forking thread's policy.
+func TestForkExecPinnedBatch(t *testing.T) {
+	t.Parallel()
+	exe, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep(1)")
+	}
+	old := lockThread(t)
+	defer restore(t, &old)
+	before, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, batch := range []bool{true, false} {
+		attr := &syscall.ProcAttr{Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
+		pid, err := forkExecPinned(-1, batch, exe, []string{"sleep", "10"}, attr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := unix.SchedGetAttr(pid, 0)
+		unix.Kill(pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		for {
+			if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := before.Policy
+		if batch {
+			want = unix.SCHED_BATCH
+		}
+		if got.Policy != want {
+			t.Errorf("batch=%v: child policy %d, want %d", batch, got.Policy, want)
+		}
+		if now, err := unix.SchedGetAttr(0, 0); err != nil || *now != *before {
+			t.Errorf("batch=%v: forking thread's policy changed: %+v, was %+v (%v)", batch, now, before, err)
+		}
 	}
 }

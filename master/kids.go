@@ -154,7 +154,7 @@ func (m *Master) spawn(slot int) error {
 	// /proc/self/exe is this master's own binary even if the file on disk
 	// was replaced since: children always run the master's code.
 	argv := append([]string{"procpool"}, m.cfg.Args...)
-	pid, err := forkExecPinned(cpu, "/proc/self/exe", argv, attr)
+	pid, err := forkExecPinned(cpu, m.cfg.SchedBatch, "/proc/self/exe", argv, attr)
 	if err != nil {
 		unix.Close(mfd)
 		unix.Close(cfd)
@@ -441,6 +441,7 @@ func (m *Master) reload() {
 		}
 		// Only what the pool is made of changes; how the master runs does not.
 		m.cfg.Workers, m.cfg.Affinity, m.cfg.Args, m.cfg.Grace = cfg.Workers, cfg.Affinity, cfg.Args, cfg.Grace
+		m.cfg.SchedBatch = cfg.SchedBatch
 		// The master admits connections for the children by -max-conns
 		// (fdpass), so it must follow the children's new limit.
 		m.cfg.MaxConns = cfg.MaxConns

@@ -37,14 +37,17 @@ const (
 
 // Config is what the master runs with.
 type Config struct {
-	Listen   string        // address to serve
-	Workers  int           // number of children
-	Mode     string        // ModeFdpass or ModeReuseport
-	Affinity bool          // pin child i to the i-th allowed CPU
-	Backlog  int           // listen backlog; <= 0 for the kernel's maximum
-	MaxConns int           // most connections per child; 0: no limit
-	Admin    string        // address of the status listener (host:port or unix:/path); "" for none
-	Grace    time.Duration // how long a graceful stop waits for children (0: kill at once)
+	Listen   string // address to serve
+	Workers  int    // number of children
+	Mode     string // ModeFdpass or ModeReuseport
+	Affinity bool   // pin child i to the i-th allowed CPU
+	// SchedBatch starts children under SCHED_BATCH: a woken child waits for
+	// the running task's time slice to end instead of preempting it.
+	SchedBatch bool
+	Backlog    int           // listen backlog; <= 0 for the kernel's maximum
+	MaxConns   int           // most connections per child; 0: no limit
+	Admin      string        // address of the status listener (host:port or unix:/path); "" for none
+	Grace      time.Duration // how long a graceful stop waits for children (0: kill at once)
 	// Args are the arguments a child is started with (argv[0] is added): the
 	// effective settings, so a child never re-reads a config file that may
 	// have changed since.

@@ -117,6 +117,7 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Workers:    s.workers,
 		Mode:       s.mode,
 		Affinity:   s.affinity,
+		SchedBatch: s.batch,
 		Backlog:    s.backlog,
 		Grace:      s.grace,
 		MaxConns:   s.maxConns,

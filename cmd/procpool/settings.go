@@ -22,6 +22,7 @@ type settings struct {
 	workers  int
 	mode     string
 	affinity bool
+	batch    bool
 	config   string
 	backlog  int
 	grace    time.Duration
@@ -63,6 +64,7 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.IntVar(&s.workers, "workers", runtime.NumCPU(), "number of child processes")
 	fs.StringVar(&s.mode, "mode", master.ModeFdpass, "how connections reach children: fdpass or reuseport")
 	fs.BoolVar(&s.affinity, "affinity", true, "pin child i to CPU i mod the number of CPUs")
+	fs.BoolVar(&s.batch, "sched-batch", false, "run children under SCHED_BATCH: a woken child does not preempt the task on its CPU (more throughput, longer tail latency where CPUs are shared)")
 	fs.StringVar(&s.config, "config", "", "config `file` of key = value lines (the flag names); re-read on SIGHUP")
 	fs.IntVar(&s.backlog, "backlog", 0, "listen backlog (0: the kernel's maximum, net.core.somaxconn)")
 	fs.DurationVar(&s.grace, "grace", 10*time.Second, "how long a graceful stop waits for open requests")
