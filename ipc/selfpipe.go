@@ -60,7 +60,8 @@ func (p *SelfPipe) forward() {
 func (p *SelfPipe) Fd() int { return p.r }
 
 // Raise marks sig pending and wakes the loop, exactly as if it had been
-// delivered. The master uses it to turn channel commands into the same flags.
+// delivered: what the signal forwarder calls, and what a caller may use to
+// inject a signal. Not after Close, whose fds may have been reused by then.
 func (p *SelfPipe) Raise(sig syscall.Signal) {
 	if sig <= 0 || sig >= 64 {
 		return
