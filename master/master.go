@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"syscall"
 	"time"
@@ -126,7 +127,9 @@ type Master struct {
 	fds    []int
 }
 
-// Run serves until a stop signal and returns nil after a clean stop.
+// Run serves until a stop signal and returns nil after a clean stop. It
+// owns the process while it runs; once it returns, the master's signals stay
+// caught and are dropped, so that the process can exit in its own time.
 func Run(cfg Config) error {
 	// Children are forked from this thread: pinning (see forkExecPinned) and
 	// PR_SET_PDEATHSIG both belong to it, so it must stay this goroutine's.
@@ -376,6 +379,11 @@ func (m *Master) close() {
 		k.closeChannel()
 	}
 	if m.sig != nil {
+		// A signal that arrives now (a supervisor's second SIGTERM) must not
+		// kill a stopping master by its default action: the master's
+		// signals stay caught, and dropped, until the process exits. The
+		// catch-all subscribes before the self-pipe lets go, leaving no gap.
+		signal.Notify(make(chan os.Signal, 1), signalList()...)
 		m.sig.Close()
 	}
 	if m.poller != nil {

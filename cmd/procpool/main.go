@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 
 	"github.com/procpool/procpool/child"
@@ -95,15 +94,6 @@ func runMaster(s *settings, stderr io.Writer) int {
 			}
 		}
 	}
-	// A signal that arrives after Run has let go of its self-pipe (a second
-	// SIGTERM from a supervisor while the master tears down) must not kill
-	// the process with its default action and turn a clean stop into a
-	// death by signal: keep the master's signals caught until exit.
-	var late []os.Signal
-	for _, sg := range master.Signals {
-		late = append(late, sg.Sig)
-	}
-	signal.Notify(make(chan os.Signal, 1), late...)
 	if err := master.Run(cfg); err != nil {
 		return fail(exitFailure, err)
 	}

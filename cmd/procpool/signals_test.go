@@ -442,3 +442,26 @@ func TestTTINTTOU(t *testing.T) {
 		t.Errorf("workers changed to %v, want [3 2 1]", counts)
 	}
 }
+
+// TestRepeatedStopSignal: a supervisor may send SIGTERM again while the
+// master stops (systemd does, so do impatient operators). However late the
+// repeat comes, even while the master tears itself down, the stop stays
+// graceful: exit status 0, not death by the signal's default action.
+func TestRepeatedStopSignal(t *testing.T) {
+	t.Parallel()
+	for round := range 5 {
+		s := startServer(t, "-workers=1")
+		s.waitReady(1)
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		for !s.hasExited() {
+			if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				break // gone between the check and the signal
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		<-s.exited
+		if st := s.cmd.ProcessState; st.ExitCode() != 0 {
+			t.Fatalf("round %d: master ended with %v under repeated SIGTERM, want exit status 0", round, st)
+		}
+	}
+}
