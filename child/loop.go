@@ -55,6 +55,7 @@ type loop struct {
 	acceptPaused bool
 	resumeAt     int64
 	lastEMFILE   int64 // when that was last logged, to log it once a second
+	lastAccepts  bool  // drain is taking what is queued on the own listener
 	drainBy      int64 // when idle connections of a draining child close
 	sig          *ipc.SelfPipe
 }
@@ -194,7 +195,11 @@ func (l *loop) run() error {
 
 // onChannel takes every message the master has queued.
 func (l *loop) onChannel() error {
-	for {
+	// New connections are served as they arrive; a master that keeps the
+	// channel full must not keep the loop from its other connections, its
+	// signals and its sweep. The channel is level-triggered: what is left
+	// waits for the next turn.
+	for taken := 0; taken < maxAdopt; {
 		m, fds, err := l.ch.Recv(l.fds)
 		switch {
 		case err == ipc.ErrAgain:
@@ -211,6 +216,7 @@ func (l *loop) onChannel() error {
 			for _, fd := range fds {
 				l.register(fd)
 			}
+			taken += len(fds)
 		case ipc.CmdDrain:
 			l.drain()
 		case ipc.CmdStop:
@@ -219,7 +225,12 @@ func (l *loop) onChannel() error {
 			l.reopen()
 		}
 	}
+	return nil
 }
+
+// maxAdopt bounds the connections one turn of the loop takes in, from the
+// channel or from its own listener.
+const maxAdopt = 64
 
 var errStopped = errors.New("child: stopped by the master")
 
@@ -232,11 +243,14 @@ func (l *loop) reopen() {
 // accept takes new connections from the child's own listener (reuseport),
 // at most a batch at a time; it reports whether more may be queued.
 func (l *loop) accept() bool {
-	for i := 0; i < 64; i++ {
+	for i := 0; i < maxAdopt; i++ {
 		fd, err := accept4(l.cfg.Listener)
 		switch err {
 		case nil:
 			l.register(fd)
+			if l.full && !l.lastAccepts {
+				return false // at MaxConns: the rest is for siblings with room
+			}
 			continue
 		case unix.EINTR, unix.ECONNABORTED:
 			continue // the peer gave up while queued; take the next one
@@ -290,7 +304,7 @@ func (l *loop) register(fd int) {
 		l.full = true // reuseport: leave the rest to siblings with room
 		l.poller.Delete(l.cfg.Listener)
 	}
-	if l.pool != nil {
+	if l.pool != nil || l.lastAccepts {
 		l.apply(c, aRead)
 		return
 	}
@@ -399,8 +413,12 @@ func (l *loop) drain() {
 		// Take what is queued on our listener before closing it: the kernel
 		// resets whatever is still queued at the close (unless
 		// net.ipv4.tcp_migrate_req moves it to a sibling).
+		// Adopted, not served: their first answer must already say
+		// Connection: close, which it does once draining is set below.
+		l.lastAccepts = true
 		for l.accept() {
 		}
+		l.lastAccepts = false
 		l.poller.Delete(l.cfg.Listener)
 		unix.Close(l.cfg.Listener)
 		l.cfg.Listener = -1

@@ -359,3 +359,54 @@ func TestLoopClientOnFdZero(t *testing.T) {
 		t.Fatalf("client on fd 0: %v", err)
 	}
 }
+
+// A reuseport child that drains takes what is queued on its own listener
+// before it closes it (the kernel would reset those connections); their
+// first answer already says Connection: close. The child here is full
+// (MaxConns 1), so its listener is out of the poll set and the second
+// connection waits in the backlog until the drain.
+func TestLoopDrainTakesListenerQueue(t *testing.T) {
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(lfd)
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 16); err != nil {
+		unix.Close(lfd)
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(lfd)
+	addr := net.JoinHostPort("127.0.0.1", itoa(sa.(*unix.SockaddrInet4).Port))
+	tc := startChild(t, Config{Listener: lfd, MaxConns: 1}, newTestRoutes())
+	dial := func() *client {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		return &client{Conn: nc, br: bufio.NewReader(nc)}
+	}
+	first := dial()
+	if r := first.roundTrip(t, "/first"); string(r.body) != "/first" {
+		t.Fatalf("first connection: %q", r.body)
+	}
+	queued := dial()
+	queued.send(t, get("/queued"))
+	time.Sleep(50 * time.Millisecond) // would be answered by now if the child took it
+	queued.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if n, err := queued.br.Read(make([]byte, 1)); n > 0 || err == nil {
+		t.Fatalf("a full child answered a connection from its listener")
+	}
+	queued.SetReadDeadline(time.Now().Add(10 * time.Second))
+
+	tc.send(t, ipc.CmdDrain)
+	r := queued.read(t)
+	if r.status != 200 || string(r.body) != "/queued" || r.get("Connection") != "close" {
+		t.Fatalf("queued connection after the drain: status %d body %q Connection %q", r.status, r.body, r.get("Connection"))
+	}
+	expectEOF(t, "queued connection answered during the drain", queued)
+}
