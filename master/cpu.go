@@ -39,8 +39,9 @@ func forkExecPinned(cpu int, batch bool, path string, argv []string, attr *sysca
 		if err != nil {
 			return 0, os.NewSyscallError("sched_getattr", err)
 		}
-		b := *old
-		b.Policy = unix.SCHED_BATCH
+		// Only the policy changes (a real-time priority would make the
+		// kernel refuse SCHED_BATCH); the nice value stays.
+		b := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH, Nice: old.Nice}
 		if err := unix.SchedSetAttr(0, &b, 0); err != nil {
 			return 0, os.NewSyscallError("sched_setattr", err)
 		}

@@ -283,3 +283,46 @@ func TestForkExecPinnedBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestForkExecPinnedBatchFromRealtime: a master run under a real-time
+// policy (chrt -f) still starts SCHED_BATCH children; the kernel refuses
+// SCHED_BATCH with a real-time priority, so none may be carried over.
+func TestForkExecPinnedBatchFromRealtime(t *testing.T) {
+	exe, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep(1)")
+	}
+	old := lockThread(t)
+	defer restore(t, &old)
+	before, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
+	if err := unix.SchedSetAttr(0, &rt, 0); err != nil {
+		t.Skipf("cannot run this thread under SCHED_FIFO: %v", err)
+	}
+	defer unix.SchedSetAttr(0, before, 0)
+	attr := &syscall.ProcAttr{Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
+	pid, err := forkExecPinned(-1, true, exe, []string{"sleep", "10"}, attr)
+	if err != nil {
+		t.Fatalf("spawn from a SCHED_FIFO thread: %v", err)
+	}
+	got, err := unix.SchedGetAttr(pid, 0)
+	unix.Kill(pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	for {
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Policy != unix.SCHED_BATCH || got.Priority != 0 {
+		t.Errorf("child policy %d priority %d, want SCHED_BATCH (%d) priority 0", got.Policy, got.Priority, unix.SCHED_BATCH)
+	}
+	if now, err := unix.SchedGetAttr(0, 0); err != nil || now.Policy != unix.SCHED_FIFO {
+		t.Errorf("forking thread's policy after the spawn: %+v (%v), want SCHED_FIFO kept", now, err)
+	}
+}

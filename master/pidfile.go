@@ -36,7 +36,7 @@ func TakePidfile(path string) (*Pidfile, error) {
 
 // lockPidfile opens path, takes its lock as how says, and writes our pid.
 func lockPidfile(path string, how int) (*Pidfile, error) {
-	for {
+	for try := 0; ; try++ {
 		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("pidfile %s: %w", path, err)
@@ -57,6 +57,9 @@ func lockPidfile(path string, how int) (*Pidfile, error) {
 			unix.Close(fd)
 			if err != nil {
 				return nil, fmt.Errorf("pidfile %s: %w", path, err)
+			}
+			if try == 100 {
+				return nil, fmt.Errorf("pidfile %s: the file keeps being removed or replaced", path)
 			}
 			continue
 		}
