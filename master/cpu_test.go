@@ -239,15 +239,38 @@ func TestForkExecPinnedBadCPU(t *testing.T) {
 	}
 }
 
+// spawnPolicy starts sleep(1) through forkExecPinned from the locked
+// calling thread and returns the child's scheduling attributes.
+func spawnPolicy(t *testing.T, batch bool) (*unix.SchedAttr, error) {
+	t.Helper()
+	exe, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep(1)")
+	}
+	attr := &syscall.ProcAttr{Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
+	pid, err := forkExecPinned(-1, batch, exe, []string{"sleep", "10"}, attr)
+	if err != nil {
+		return nil, err
+	}
+	got, err := unix.SchedGetAttr(pid, 0)
+	unix.Kill(pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	for {
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, nil
+}
+
 // TestForkExecPinnedBatch: with batch, the child runs under SCHED_BATCH and
 // the forking thread keeps its own policy; without, the child has the
 // forking thread's policy.
 func TestForkExecPinnedBatch(t *testing.T) {
 	t.Parallel()
-	exe, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep(1)")
-	}
 	old := lockThread(t)
 	defer restore(t, &old)
 	before, err := unix.SchedGetAttr(0, 0)
@@ -255,19 +278,7 @@ func TestForkExecPinnedBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, batch := range []bool{true, false} {
-		attr := &syscall.ProcAttr{Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
-		pid, err := forkExecPinned(-1, batch, exe, []string{"sleep", "10"}, attr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := unix.SchedGetAttr(pid, 0)
-		unix.Kill(pid, unix.SIGKILL)
-		var ws unix.WaitStatus
-		for {
-			if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
-				break
-			}
-		}
+		got, err := spawnPolicy(t, batch)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,10 +299,6 @@ func TestForkExecPinnedBatch(t *testing.T) {
 // policy (chrt -f) still starts SCHED_BATCH children; the kernel refuses
 // SCHED_BATCH with a real-time priority, so none may be carried over.
 func TestForkExecPinnedBatchFromRealtime(t *testing.T) {
-	exe, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep(1)")
-	}
 	old := lockThread(t)
 	defer restore(t, &old)
 	before, err := unix.SchedGetAttr(0, 0)
@@ -303,21 +310,9 @@ func TestForkExecPinnedBatchFromRealtime(t *testing.T) {
 		t.Skipf("cannot run this thread under SCHED_FIFO: %v", err)
 	}
 	defer unix.SchedSetAttr(0, before, 0)
-	attr := &syscall.ProcAttr{Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
-	pid, err := forkExecPinned(-1, true, exe, []string{"sleep", "10"}, attr)
+	got, err := spawnPolicy(t, true)
 	if err != nil {
 		t.Fatalf("spawn from a SCHED_FIFO thread: %v", err)
-	}
-	got, err := unix.SchedGetAttr(pid, 0)
-	unix.Kill(pid, unix.SIGKILL)
-	var ws unix.WaitStatus
-	for {
-		if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
 	}
 	if got.Policy != unix.SCHED_BATCH || got.Priority != 0 {
 		t.Errorf("child policy %d priority %d, want SCHED_BATCH (%d) priority 0", got.Policy, got.Priority, unix.SCHED_BATCH)
