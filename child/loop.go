@@ -176,12 +176,13 @@ func (l *loop) run() error {
 		if l.sess.alog != nil {
 			l.sess.alog.tick(l.sess.clk.now)
 		}
-		l.poller.Yield(l.sess.clk.now.UnixNano())
-		if now := l.sess.clk.now.UnixNano(); now >= l.sweepAt {
+		now := l.sess.clk.now.UnixNano()
+		l.poller.Yield(now)
+		if now >= l.sweepAt {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
 		}
-		if l.acceptPaused && l.sess.clk.now.UnixNano() >= l.resumeAt {
+		if l.acceptPaused && now >= l.resumeAt {
 			l.acceptPaused = false
 			if !l.full && l.cfg.Listener > 0 {
 				l.poller.Add(l.cfg.Listener, epoll.In)
@@ -412,9 +413,9 @@ func (l *loop) drain() {
 	if l.cfg.Listener > 0 {
 		// Take what is queued on our listener before closing it: the kernel
 		// resets whatever is still queued at the close (unless
-		// net.ipv4.tcp_migrate_req moves it to a sibling).
-		// Adopted, not served: their first answer must already say
-		// Connection: close, which it does once draining is set below.
+		// net.ipv4.tcp_migrate_req moves it to a sibling). These are adopted,
+		// not served at once, so that their first answer, given once
+		// draining is set below, already says Connection: close.
 		l.lastAccepts = true
 		for l.accept() {
 		}
