@@ -358,44 +358,18 @@ func TestReserveResolvesPortForChildren(t *testing.T) {
 	}
 }
 
-// freeFixedPort finds a free loopback port below the ephemeral range. A port
-// taken with port 0 and released could be handed again, between the release
-// and its reuse, to a parallel test's bind(0) or connect; one outside the
-// range is never handed out by the kernel.
-func freeFixedPort(t *testing.T) string {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	// Spread parallel callers (and parallel test binaries) over the range
-	// below, starting at a point that depends on this process.
-	span := low - 1024
-	if span <= 0 {
-		t.Skip("no ports below the ephemeral range")
-	}
-	start := os.Getpid() % span
-	for i := range span {
-		port := 1024 + (start+i)%span
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		fd, err := master.Listen(addr, 0, false)
-		if err == nil {
-			unix.Close(fd)
-			return addr
-		}
-	}
-	t.Skip("no free port below the ephemeral range")
-	return ""
-}
-
 func TestReserveFreePort(t *testing.T) {
 	t.Parallel()
 	// A free, explicit port goes through the plain-bind probe.
-	local := freeFixedPort(t)
+	fd, err := master.Listen("127.0.0.1:0", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := master.LocalAddr(fd)
+	unix.Close(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, got := mustReserve(t, local)
 	checkSocket(t, r, unix.AF_INET, false, true)
 	if got != local {
