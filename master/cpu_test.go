@@ -183,7 +183,7 @@ func startPinned(t *testing.T, cpu int) ([]int, error) {
 // cpu -1 leaves the child the master's whole mask; and the forking thread
 // gets its own mask back each time.
 func TestForkExecPinned(t *testing.T) {
-	t.Parallel()
+	// Not parallel: see spawnPolicy.
 	old := lockThread(t)
 	defer restore(t, &old)
 	cpus := allowedCPUs()
@@ -213,7 +213,7 @@ func TestForkExecPinned(t *testing.T) {
 }
 
 func TestForkExecPinnedBadCPU(t *testing.T) {
-	t.Parallel()
+	// Not parallel: see spawnPolicy.
 	old := lockThread(t)
 	defer restore(t, &old)
 	// Beyond what a CPUSet holds: the mask would be empty, which the
@@ -241,6 +241,11 @@ func TestForkExecPinnedBadCPU(t *testing.T) {
 
 // spawnPolicy starts sleep(1) through forkExecPinned from the locked
 // calling thread and returns the child's scheduling attributes.
+//
+// The tests that fork are not parallel, so they run before the parallel
+// ones. A fork copies every fd of this process: until the child execs, a
+// socket another test has just closed stays bound, and that test's next bind
+// of the port fails with "address already in use".
 func spawnPolicy(t *testing.T, batch bool) (*unix.SchedAttr, error) {
 	t.Helper()
 	exe, err := exec.LookPath("sleep")
@@ -270,7 +275,7 @@ func spawnPolicy(t *testing.T, batch bool) (*unix.SchedAttr, error) {
 // the forking thread keeps its own policy; without, the child has the
 // forking thread's policy.
 func TestForkExecPinnedBatch(t *testing.T) {
-	t.Parallel()
+	// Not parallel: see spawnPolicy.
 	old := lockThread(t)
 	defer restore(t, &old)
 	before, err := unix.SchedGetAttr(0, 0)
