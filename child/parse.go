@@ -210,18 +210,15 @@ func (h *headerFacts) field(line []byte, r *Request) int {
 }
 
 // contentLength accepts a plain decimal, or a list of identical ones
-// (RFC 9110 §8.6); anything else, or a value that differs from an earlier
-// one, is a framing error.
+// (RFC 9110 §8.6: "3, 3"); anything else is a framing error: a value that
+// differs from an earlier one, and any empty element ("3,", ",3", "3,,3"),
+// which the list syntax tolerates but no sender has a reason to produce.
 func (h *headerFacts) contentLength(v []byte) int {
-	if len(v) == 0 {
-		return 400
-	}
-	for len(v) > 0 {
+	for {
 		item := v
-		if i := bytes.IndexByte(v, ','); i >= 0 {
+		i := bytes.IndexByte(v, ',')
+		if i >= 0 {
 			item, v = v[:i], v[i+1:]
-		} else {
-			v = nil
 		}
 		item = trimOWS(item)
 		if len(item) == 0 || len(item) > 18 {
@@ -238,8 +235,10 @@ func (h *headerFacts) contentLength(v []byte) int {
 			return 400
 		}
 		h.hasLength, h.length = true, n
+		if i < 0 {
+			return 0
+		}
 	}
-	return 0
 }
 
 func (h *headerFacts) transferEncoding(v []byte) {
