@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
 )
 
 // The admin listener serves /status (JSON) and /metrics (Prometheus text)
@@ -63,23 +66,45 @@ type admin struct {
 	wg      sync.WaitGroup
 }
 
-// startAdmin listens on addr: host:port on loopback, or unix:/path.
+// Bounds of the admin listener: it runs in the master, often as root, with
+// no authentication, so no client may hold it for long or hold much of it.
+const (
+	adminHeaderTimeout = 5 * time.Second  // connection open to the end of the request's headers
+	adminReadTimeout   = 10 * time.Second // the whole request
+	adminWriteTimeout  = 10 * time.Second // the response
+	adminIdleTimeout   = 30 * time.Second // a keep-alive connection between requests
+	adminMaxConns      = 32               // open connections; one more is closed at once
+	adminMaxHeader     = 8 << 10
+)
+
+// startAdmin listens on addr: host:port on loopback (anywhere with
+// AdminPublic), or unix:/path.
 func (m *Master) startAdmin(addr string) error {
 	network, address := "tcp", addr
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, address = "unix", p
-		os.Remove(p)
+		if err := clearStaleSocket(p); err != nil {
+			return fmt.Errorf("-admin %s: %w", addr, err)
+		}
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
 		return fmt.Errorf("-admin %s: %w", addr, err)
 	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() && !m.cfg.AdminPublic {
+		ln.Close()
+		return fmt.Errorf("-admin %s: listens on %s, beyond loopback, and the admin listener has no authentication: "+
+			"use a loopback address or unix:PATH, or allow it with -admin-public", addr, ta.IP)
+	}
+	ln = &capListener{Listener: ln, slots: make(chan struct{}, adminMaxConns)}
 	a := &admin{stats: m.stats, mode: m.cfg.Mode, started: time.Now(), done: make(chan struct{})}
 	a.rates.last = map[int]sample{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", a.serveStatus)
 	mux.HandleFunc("GET /metrics", a.serveMetrics)
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: adminHeaderTimeout, ReadTimeout: adminReadTimeout,
+		WriteTimeout: adminWriteTimeout, IdleTimeout: adminIdleTimeout, MaxHeaderBytes: adminMaxHeader,
+		ErrorLog: log.New(io.Discard, "", 0)}
 	m.admin = a
 	m.publish()
 	a.wg.Add(2)
@@ -92,6 +117,64 @@ func (m *Master) startAdmin(addr string) error {
 	go a.sample()
 	m.log.Info("admin listening", "addr", ln.Addr().String())
 	return nil
+}
+
+// clearStaleSocket removes path if it is a Unix socket nobody listens on,
+// as one left by an earlier master would be. Anything else is refused: a
+// file, a directory, a link, or a socket in use.
+func clearStaleSocket(path string) error {
+	var st unix.Stat_t
+	err := unix.Lstat(path, &st)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s exists and is not a socket; refusing to remove it", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("%s: a process already listens on this socket", path)
+	}
+	if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "remove", Path: path, Err: err}
+	}
+	return nil
+}
+
+// capListener closes, at once, a connection beyond the number of slots.
+type capListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &capConn{Conn: c, slots: l.slots}, nil
+		default:
+			c.Close()
+		}
+	}
+}
+
+type capConn struct {
+	net.Conn
+	slots chan struct{}
+	once  sync.Once
+}
+
+func (c *capConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { <-c.slots })
+	return err
 }
 
 func (a *admin) stop() {

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -29,7 +30,10 @@ func Daemonize(logPath string, stderr io.Writer) int {
 	defer out.Close()
 	logf := out
 	if logPath != "" {
-		if logf, err = os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err != nil {
+		if logf, err = os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW, 0o644); err != nil {
+			if errors.Is(err, unix.ELOOP) {
+				err = fmt.Errorf("%s is a symbolic link; refusing to follow it", logPath)
+			}
 			fmt.Fprintf(stderr, "procpool: -log: %v\n", err)
 			return 1
 		}
@@ -46,7 +50,8 @@ func Daemonize(logPath string, stderr io.Writer) int {
 		Files: []uintptr{out.Fd(), logf.Fd(), logf.Fd(), w.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
-	pid, err := syscall.ForkExec("/proc/self/exe", os.Args, attr)
+	argv := append([]string{MasterTitle}, os.Args[1:]...)
+	pid, err := syscall.ForkExec("/proc/self/exe", argv, attr)
 	w.Close()
 	if err != nil {
 		fmt.Fprintf(stderr, "procpool: daemonize: %v\n", err)

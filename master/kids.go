@@ -97,6 +97,7 @@ func (m *Master) maintain(now time.Time) {
 	}
 	if !m.anyAlive() && m.allFatal() {
 		m.log.Error("every child failed fatally; stopping")
+		m.childrenFailed = true
 		m.stop(fast)
 	}
 }
@@ -153,7 +154,7 @@ func (m *Master) spawn(slot int) error {
 	}
 	// /proc/self/exe is this master's own binary even if the file on disk
 	// was replaced since: children always run the master's code.
-	argv := append([]string{"procpool"}, m.cfg.Args...)
+	argv := append([]string{fmt.Sprintf("procpool: child %d gen %d", slot, m.gen)}, m.cfg.Args...)
 	pid, err := forkExecPinned(cpu, m.cfg.SchedBatch, "/proc/self/exe", argv, attr)
 	if err != nil {
 		unix.Close(mfd)
@@ -428,6 +429,7 @@ func (m *Master) retarget() {
 // reload re-reads the configuration and replaces the children with a new
 // generation; the old one drains once the new one is ready.
 func (m *Master) reload() {
+	defer m.noteReload()() // the outcome, for procpool -s reload (control.go)
 	if m.cfg.Reload != nil {
 		cfg, err := m.cfg.Reload()
 		if err != nil {

@@ -73,6 +73,9 @@ type Config struct {
 	Reopen func() error
 	// Credential, when set, is what children run as (-user).
 	Credential *syscall.Credential
+
+	// AdminPublic lets Admin listen beyond loopback; it has no authentication.
+	AdminPublic bool
 }
 
 type stopKind uint8
@@ -122,6 +125,8 @@ type Master struct {
 	deadline  time.Time
 	announce  bool // Ready not yet called
 	reloading bool // a reload waits for its generation to be ready
+
+	childrenFailed bool // every child failed fatally: Run returns ErrChildrenFailed
 
 	events []epoll.Event
 	fds    []int
@@ -219,7 +224,7 @@ func (m *Master) loop() error {
 		if m.stopping != running {
 			if len(m.kids) == 0 {
 				m.log.Info("master stopped")
-				return nil
+				return m.stopErr()
 			}
 			if now.After(m.deadline) {
 				m.killAll()

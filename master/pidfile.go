@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,7 +16,28 @@ import (
 // running: a file left behind by a crash is unlocked and simply taken over.
 type Pidfile struct {
 	path string
-	fd   int
+	mu   sync.Mutex
+	fd   int // -1 while not held
+}
+
+// Path is the file's name.
+func (p *Pidfile) Path() string { return p.path }
+
+// PendingPidfile is a pidfile this process will hold once Take returns: a
+// master started by an upgrade knows its pidfile before it may lock it.
+func PendingPidfile(path string) *Pidfile { return &Pidfile{path: path, fd: -1} }
+
+// Take waits until the current holder lets go of the lock, then takes it
+// and writes this process's pid. It blocks; call it off the loop.
+func (p *Pidfile) Take() error {
+	q, err := TakePidfile(p.path)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.fd = q.fd
+	p.mu.Unlock()
+	return nil
 }
 
 // ErrNotRunning means no master holds the pidfile's lock.
@@ -37,9 +59,9 @@ func TakePidfile(path string) (*Pidfile, error) {
 // lockPidfile opens path, takes its lock as how says, and writes our pid.
 func lockPidfile(path string, how int) (*Pidfile, error) {
 	for try := 0; ; try++ {
-		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+		fd, err := openPidfile(path, unix.O_RDWR|unix.O_CREAT)
 		if err != nil {
-			return nil, fmt.Errorf("pidfile %s: %w", path, err)
+			return nil, err
 		}
 		if err := flock(fd, how); err != nil {
 			pid, _ := readPid(fd)
@@ -72,13 +94,41 @@ func lockPidfile(path string, how int) (*Pidfile, error) {
 	}
 }
 
+// openPidfile opens path without following a symbolic link, and refuses
+// anything but a regular file with one name: a pidfile is truncated and
+// written, so a link planted in a writable directory would otherwise make
+// the master overwrite whatever it points at.
+func openPidfile(path string, flags int) (int, error) {
+	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o644)
+	if err == unix.ELOOP {
+		return -1, fmt.Errorf("pidfile %s is a symbolic link; refusing to follow it", path)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("pidfile %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("pidfile %s: %w", path, err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		unix.Close(fd)
+		return -1, fmt.Errorf("pidfile %s is not a regular file; refusing to use it", path)
+	case st.Nlink > 1:
+		unix.Close(fd)
+		return -1, fmt.Errorf("pidfile %s has %d hard links; refusing to write through it", path, st.Nlink)
+	}
+	return fd, nil
+}
+
 // namesFd reports whether path still names the file open as fd.
 func namesFd(path string, fd int) (bool, error) {
 	var byFd, byPath unix.Stat_t
 	if err := unix.Fstat(fd, &byFd); err != nil {
 		return false, err
 	}
-	if err := unix.Stat(path, &byPath); err != nil {
+	if err := unix.Lstat(path, &byPath); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return false, nil
 		}
@@ -89,6 +139,11 @@ func namesFd(path string, fd int) (bool, error) {
 
 // Write replaces the pid in the file.
 func (p *Pidfile) Write(pid int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fd < 0 {
+		return fmt.Errorf("pidfile %s: not held", p.path)
+	}
 	b := []byte(strconv.Itoa(pid) + "\n")
 	if err := unix.Ftruncate(p.fd, 0); err != nil {
 		return fmt.Errorf("pidfile %s: %w", p.path, err)
@@ -101,6 +156,12 @@ func (p *Pidfile) Write(pid int) error {
 
 // Release unlocks the file and leaves it in place, for a successor.
 func (p *Pidfile) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.release()
+}
+
+func (p *Pidfile) release() {
 	if p.fd >= 0 {
 		unix.Close(p.fd) // closing drops the flock
 		p.fd = -1
@@ -108,23 +169,29 @@ func (p *Pidfile) Release() {
 }
 
 // Remove deletes the file if this process still holds it.
+// The reload outcomes this process recorded beside it go too.
 func (p *Pidfile) Remove() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.fd < 0 {
 		return
 	}
-	os.Remove(p.path)
-	p.Release()
+	if same, err := namesFd(p.path, p.fd); err == nil && same {
+		os.Remove(p.path)
+	}
+	removeReloadOutcome(p.path)
+	p.release()
 }
 
 // RunningPid returns the pid of the master holding path's lock, or
 // ErrNotRunning.
 func RunningPid(path string) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := openPidfile(path, unix.O_RDONLY)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return 0, ErrNotRunning
 		}
-		return 0, fmt.Errorf("pidfile %s: %w", path, err)
+		return 0, err
 	}
 	defer unix.Close(fd)
 	switch err := flock(fd, unix.LOCK_SH|unix.LOCK_NB); err {

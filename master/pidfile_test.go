@@ -465,3 +465,108 @@ func TestTakePidfileAfterHolderRemoves(t *testing.T) {
 		t.Errorf("CreatePidfile succeeded while TakePidfile's caller holds the pidfile")
 	}
 }
+
+// TestPidfileRefusesLinks: a pidfile is truncated and written by a root
+// master, so a symbolic or hard link planted in its directory must not make
+// it overwrite what the link points at; RunningPid refuses them too.
+func TestPidfileRefusesLinks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	writeFile(t, victim, "precious\n")
+	symlink := filepath.Join(dir, "sym.pid")
+	if err := os.Symlink(victim, symlink); err != nil {
+		t.Fatal(err)
+	}
+	hardlink := filepath.Join(dir, "hard.pid")
+	if err := os.Link(victim, hardlink); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo.pid")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ path, want string }{
+		{symlink, "pidfile " + symlink + " is a symbolic link; refusing to follow it"},
+		{hardlink, "pidfile " + hardlink + " has 2 hard links; refusing to write through it"},
+		{fifo, "pidfile " + fifo + " is not a regular file; refusing to use it"},
+	}
+	for _, tt := range tests {
+		for name, open := range map[string]func(string) (*master.Pidfile, error){
+			"CreatePidfile": master.CreatePidfile, "TakePidfile": master.TakePidfile,
+		} {
+			p, err := open(tt.path)
+			if err == nil {
+				p.Release()
+				t.Errorf("%s(%s) succeeded", name, tt.path)
+			} else if err.Error() != tt.want {
+				t.Errorf("%s(%s): %q, want %q", name, tt.path, err, tt.want)
+			}
+		}
+		if _, err := master.RunningPid(tt.path); err == nil || err.Error() != tt.want {
+			t.Errorf("RunningPid(%s): %v, want %q", tt.path, err, tt.want)
+		}
+	}
+	if got := readFile(t, victim); got != "precious\n" {
+		t.Errorf("the link's target now holds %q", got)
+	}
+}
+
+// TestPidfileRemoveSparesReplacement: Remove deletes the path only while it
+// still names the file this process locked.
+func TestPidfileRemoveSparesReplacement(t *testing.T) {
+	t.Parallel()
+	path := pidPath(t)
+	p, err := master.CreatePidfile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, "someone else's\n")
+	p.Remove()
+	if got := readFile(t, path); got != "someone else's\n" {
+		t.Errorf("after Remove the replacement holds %q", got)
+	}
+}
+
+// TestPendingPidfile is how a master started by an upgrade holds its
+// pidfile: known at once, locked once the old master lets go.
+func TestPendingPidfile(t *testing.T) {
+	t.Parallel()
+	path := pidPath(t)
+	release := holdLock(t, path, "1\n")
+	p := master.PendingPidfile(path)
+	if p.Path() != path {
+		t.Errorf("Path() = %q, want %q", p.Path(), path)
+	}
+	if err := p.Write(5); err == nil || !strings.Contains(err.Error(), "not held") {
+		t.Errorf("Write before Take: %v, want not held", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Take() }()
+	if !waitBlockedFlock(t, path) {
+		t.Fatal("Take did not wait for the lock")
+	}
+	release()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Take still waiting after the holder let go")
+	}
+	t.Cleanup(p.Release)
+	if got := readFile(t, path); got != ourPid {
+		t.Errorf("taken pidfile holds %q, want %q", got, ourPid)
+	}
+	if pid, err := master.RunningPid(path); err != nil || pid != os.Getpid() {
+		t.Errorf("RunningPid = %d, %v", pid, err)
+	}
+	p.Remove()
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after Remove: stat %v", err)
+	}
+}

@@ -49,7 +49,7 @@ func (m *Master) upgrade() {
 		Env:   env,
 		Files: []uintptr{uintptr(m.null), os.Stdout.Fd(), os.Stderr.Fd(), uintptr(m.lfd), uintptr(p[1])},
 	}
-	argv := append([]string{m.cfg.Exe}, m.cfg.MasterArgs...)
+	argv := append([]string{MasterTitle}, m.cfg.MasterArgs...)
 	pid, err := syscall.ForkExec(m.cfg.Exe, argv, attr)
 	unix.Close(p[1])
 	if err != nil {
@@ -85,6 +85,11 @@ func (m *Master) onUpgradeReady() {
 	}
 	m.log.Info("upgrade done, handing over", "new_pid", m.upgradePid)
 	notify("MAINPID=" + strconv.Itoa(m.upgradePid))
+	// The new master is systemd's main process now, and says READY and
+	// STOPPING for the service. This one's stop is not the service's: with
+	// NotifyAccess=all a STOPPING=1 from here would start a stop of the
+	// unit. Like sd_notify's unset_environment, say nothing more.
+	os.Unsetenv("NOTIFY_SOCKET")
 	if m.cfg.Pidfile != nil {
 		if err := m.cfg.Pidfile.Write(m.upgradePid); err != nil {
 			m.log.Error("upgrade: pidfile", "err", err)
@@ -130,7 +135,16 @@ func adopt(fd int, mode string, backlog int) (int, error) {
 	return fd, nil
 }
 
-var errModeSwitch = errors.New("inherited socket is listening: reuseport mode needs a fresh start, not an upgrade")
+// errModeSwitch: in reuseport mode each child binds its own SO_REUSEPORT
+// socket and the master holds only a bound, non-listening reservation of
+// the port, so a listening socket handed over cannot be used: not by an
+// upgrade from an fdpass master, nor by systemd socket activation.
+var errModeSwitch = errors.New("the inherited socket is listening, and reuseport mode cannot serve one: " +
+	"switch from fdpass to reuseport with a restart, not an upgrade; socket activation works in fdpass mode only")
+
+// MasterTitle is argv[0] of a master this package starts (detached by
+// Daemonize, or new by an upgrade), as ps and pgrep -f show it.
+const MasterTitle = "procpool: master"
 
 // upgradeTimeout bounds how long a new master may take to get ready; past it
 // the new master is killed and this one goes on.
