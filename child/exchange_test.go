@@ -262,6 +262,33 @@ func TestExchangeDropsUnsafeHeaders(t *testing.T) {
 	}
 }
 
+// A handler cannot add framing headers beside the child's own: the
+// response must stay framed by exactly one Content-Length, the child's.
+func TestExchangeDropsFramingHeaders(t *testing.T) {
+	h := HandlerFunc(func(w *Response, r *Request) {
+		w.AddHeader("Content-Length", "100")
+		w.AddHeader("content-length", "0")
+		w.AddHeader("Transfer-Encoding", "chunked")
+		w.AddHeader("TRANSFER-ENCODING", "gzip")
+		w.AddHeader("Content-Length ", "7") // not a token: would read as a field with OWS before the colon
+		w.AddHeader("X-Kept", "1")
+		w.WriteString("body")
+	})
+	out, _, _ := NewExchanger(h).Exchange(nil, []byte(get("/")+"HEAD / HTTP/1.1\r\n"+hostLine+"\r\n"))
+	lower := strings.ToLower(string(out))
+	if n := strings.Count(lower, "content-length:"); n != 2 {
+		t.Errorf("%d Content-Length fields in two responses, want 2:\n%s", n, out)
+	}
+	if strings.Contains(lower, "transfer-encoding") || strings.Contains(lower, "content-length ") {
+		t.Errorf("a framing header added by the handler got through:\n%s", out)
+	}
+	all := responsesIn(t, out, 1)
+	if len(all) != 2 || string(all[0].body) != "body" || all[0].get("Content-Length") != "4" ||
+		all[1].get("Content-Length") != "4" || all[0].get("X-Kept") != "1" {
+		t.Errorf("responses %q", out)
+	}
+}
+
 func TestExchangeChunkedEcho(t *testing.T) {
 	in := chunkedPost("/echo", []string{"hello ", "chunked ", "world"}, "X-T: 1")
 	out, n, _ := NewExchanger(newTestRoutes()).Exchange(nil, []byte(in))

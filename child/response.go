@@ -33,10 +33,14 @@ func (w *Response) SetContentType(v string) {
 	}
 }
 
-// AddHeader adds a header line. Name and value must not contain CR or LF;
-// they are dropped if they do, so that a handler cannot split the response.
+// AddHeader adds a header line. The line is dropped, silently, when the
+// name is not a token (RFC 9110 §5.6.2: no space, colon, CR or LF) or the
+// value holds CR, LF or NUL, so that a handler cannot split the response;
+// and when the name is Content-Length or Transfer-Encoding (in any case):
+// the child frames every response itself, and a second framing header
+// would let a client and a proxy read different responses.
 func (w *Response) AddHeader(name, value string) {
-	if !safeHeader(name) || !safeHeader(value) {
+	if !validName(name) || !safeHeader(value) || framingName(name) {
 		return
 	}
 	w.header = append(w.header, name...)
@@ -70,6 +74,36 @@ func (w *Response) reset() {
 
 // maxKeptBody is the largest body buffer a session keeps between requests.
 const maxKeptBody = 64 << 10
+
+// validName reports whether s is a header field name: a non-empty token.
+func validName(s string) bool {
+	if len(s) == 0 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isToken[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// framingName reports whether name is one of the fields that frame a
+// message, compared without regard to case.
+func framingName(name string) bool {
+	for _, f := range [...]string{"content-length", "transfer-encoding"} {
+		if len(name) == len(f) {
+			i := 0
+			for i < len(f) && lower(name[i]) == f[i] {
+				i++
+			}
+			if i == len(f) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 func safeHeader(s string) bool {
 	for i := 0; i < len(s); i++ {
