@@ -3,6 +3,7 @@ package master_test
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -151,40 +152,59 @@ func TestListenReuseportFlag(t *testing.T) {
 	}
 }
 
+// queueLimit is the accept queue's limit of a listening socket, what `ss
+// -ltn` shows as Send-Q: for a listener TCP_INFO's tcpi_sacked carries it.
+func queueLimit(t *testing.T, fd int) int {
+	t.Helper()
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatalf("TCP_INFO: %v", err)
+	}
+	return int(ti.Sacked)
+}
+
+// kernelBacklogCap is the largest accept queue the kernel gives a listener,
+// as a user sees it: the Send-Q of a socket that asked listen(2) for more
+// than any kernel allows (the kernel caps the request at
+// net.core.somaxconn).
+func kernelBacklogCap(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, math.MaxInt32); err != nil {
+		t.Fatal(err)
+	}
+	return queueLimit(t, fd)
+}
+
 func TestListenBacklog(t *testing.T) {
 	t.Parallel()
-	// For a listening socket TCP_INFO's tcpi_sacked is the accept queue's
-	// limit (what ss shows as Send-Q).
-	backlog := func(fd int) int {
-		ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			t.Fatalf("TCP_INFO: %v", err)
-		}
-		return int(ti.Sacked)
-	}
+	most := kernelBacklogCap(t)
 	for _, tc := range []struct{ ask, want int }{
 		{7, 7},
 		{1, 1},
-		{0, master.Somaxconn()},
-		{-1, master.Somaxconn()},
+		{0, most},  // "the kernel's maximum"
+		{-1, most}, // likewise
 	} {
 		fd, _ := mustListen(t, "127.0.0.1:0", tc.ask, false)
-		if got := backlog(fd); got != tc.want {
-			t.Errorf("Listen backlog %d: queue limit %d, want %d", tc.ask, got, tc.want)
+		if got := queueLimit(t, fd); got != tc.want {
+			t.Errorf("Listen backlog %d: queue limit (Send-Q) %d, want %d", tc.ask, got, tc.want)
 		}
 	}
 }
 
+// TestSomaxconn: Somaxconn is the cap the kernel really applies to a
+// listen backlog.
 func TestSomaxconn(t *testing.T) {
 	t.Parallel()
-	want := 4096
-	if b, err := os.ReadFile("/proc/sys/net/core/somaxconn"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
-			want = n
-		}
-	}
-	if got := master.Somaxconn(); got != want {
-		t.Errorf("Somaxconn() = %d, want %d", got, want)
+	if got, want := master.Somaxconn(), kernelBacklogCap(t); got != want {
+		t.Errorf("Somaxconn() = %d, want %d, the largest accept queue the kernel gives a listener", got, want)
 	}
 }
 
@@ -358,23 +378,45 @@ func TestReserveResolvesPortForChildren(t *testing.T) {
 	}
 }
 
+// TestReserveFreePort: a free, explicit port goes through the plain-bind
+// probe and is reserved. The port is never bound and released before the
+// call (another test's bind(0) or connect could take it in between): the
+// test asks Reserve directly for ports below the ephemeral range, which the
+// kernel never hands out by itself, and takes the first one that nobody
+// else holds.
 func TestReserveFreePort(t *testing.T) {
 	t.Parallel()
-	// A free, explicit port goes through the plain-bind probe.
-	fd, err := master.Listen("127.0.0.1:0", 0, false)
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
 	}
-	local, err := master.LocalAddr(fd)
-	unix.Close(fd)
-	if err != nil {
-		t.Fatal(err)
+	span := low - 1024
+	if span <= 0 {
+		t.Skipf("no ports below the ephemeral range (it starts at %d)", low)
 	}
-	r, got := mustReserve(t, local)
-	checkSocket(t, r, unix.AF_INET, false, true)
-	if got != local {
-		t.Errorf("Reserve(%s) bound %s", local, got)
+	// Parallel test binaries start at different points.
+	start := os.Getpid() % span
+	for i := range min(span, 500) {
+		local := "127.0.0.1:" + strconv.Itoa(1024+(start+i)%span)
+		r, err := master.Reserve(local)
+		if errors.Is(err, unix.EADDRINUSE) {
+			continue // someone else's port
+		}
+		if err != nil {
+			t.Fatalf("Reserve(%s): %v", local, err)
+		}
+		closeFd(t, r)
+		checkSocket(t, r, unix.AF_INET, false, true)
+		if got, err := master.LocalAddr(r); err != nil || got != local {
+			t.Errorf("Reserve(%s) bound %s (%v)", local, got, err)
+		}
+		return
 	}
+	t.Fatalf("Reserve failed with \"address already in use\" on 500 ports below %d", low)
 }
 
 func TestReserveRefusesTakenPort(t *testing.T) {

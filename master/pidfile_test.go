@@ -2,9 +2,11 @@ package master_test
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -316,19 +318,56 @@ func TestRunningPid(t *testing.T) {
 	}
 	t.Run("unreadable", func(t *testing.T) {
 		t.Parallel()
-		if os.Geteuid() == 0 {
-			t.Skip("root reads any file")
-		}
 		path := pidPath(t)
 		writeFile(t, path, "12\n")
 		if err := os.Chmod(path, 0); err != nil {
 			t.Fatal(err)
 		}
-		_, err := master.RunningPid(path)
+		var err, setup error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			// Root reads any file through CAP_DAC_OVERRIDE: this thread
+			// gives it up. Capabilities belong to a thread, and this one
+			// is never handed back: locked, it ends with the goroutine.
+			runtime.LockOSThread()
+			if setup = dropFileCaps(); setup != nil {
+				return
+			}
+			if _, e := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); e != unix.EACCES {
+				setup = fmt.Errorf("opening the mode-0 file: %v, want EACCES", e)
+				if e == nil {
+					setup = errors.New("the mode-0 file opens all the same")
+				}
+				return
+			}
+			_, err = master.RunningPid(path)
+		}()
+		<-done
+		if setup != nil {
+			t.Skipf("cannot make a file unreadable to this test: %v", setup)
+		}
 		if err == nil || errors.Is(err, master.ErrNotRunning) || !errors.Is(err, fs.ErrPermission) {
 			t.Errorf("RunningPid on an unreadable file: %v, want a permission error", err)
 		}
 	})
+}
+
+// dropFileCaps takes the capabilities that override file permissions
+// (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) out of the calling thread's
+// effective set, so that even root is held to a file's mode. Only this
+// thread changes: the caller locks it and never unlocks it.
+func dropFileCaps() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	data[0].Effective &^= 1<<unix.CAP_DAC_OVERRIDE | 1<<unix.CAP_DAC_READ_SEARCH
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
+	}
+	return nil
 }
 
 // waitBlockedFlock waits until this process has a flock waiter blocked on
