@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,13 @@ func TestLoopLargeResponseSlowReader(t *testing.T) {
 	c := tc.dial(t)
 	c.Conn.(*net.TCPConn).SetReadBuffer(16 << 10)
 	c.send(t, get("/big")+get("/after"))
-	time.Sleep(100 * time.Millisecond) // let the child fill the socket and wait for EPOLLOUT
+	// The client reads only once the child's answer piles up unread in the
+	// kernel: 8 MiB cannot all fit there, so the child's first write leaves
+	// a tail and the child waits for EPOLLOUT before the reader starts.
+	server, client := loopPorts(t, tc, c)
+	if !loopWaitSocket(t, server, client, func(s loopSocket) bool { return s.tx > 0 }) {
+		t.Fatalf("the child's answer never waited in its socket")
+	}
 	br := bufio.NewReader(&slowReader{r: c.Conn, slow: 1 << 20, piece: 16 << 10})
 	r, err := readResponse(br, false)
 	if err != nil {
@@ -103,7 +110,12 @@ func TestLoopLargePostEcho(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i%(64<<10) == 0 {
-			time.Sleep(time.Millisecond) // let the child see the body arrive in pieces
+			// The child sees the body arrive in pieces: it has read this
+			// one before the next is sent.
+			server, client := loopPorts(t, tc, c)
+			if !loopWaitSocket(t, server, client, func(s loopSocket) bool { return s.rx == 0 && s.peerTx == 0 }) {
+				t.Fatalf("the child did not read the body's first %d bytes", i+8<<10)
+			}
 		}
 	}
 	r := c.read(t)
@@ -189,14 +201,19 @@ func TestLoopIdleTimeout(t *testing.T) {
 	to.Idle = time.Second
 	tc := startChild(t, Config{Timeouts: to}, newTestRoutes())
 	c := tc.dial(t)
-	c.roundTrip(t, "/")
+	// The idle time starts when the child has read the request, which is
+	// after the client sent it: measured from before the send, the idle
+	// time seen here is never shorter than the child's.
 	start := time.Now()
-	c.SetReadDeadline(start.Add(4 * time.Second)) // the sweep runs once a second
+	c.roundTrip(t, "/")
+	c.SetReadDeadline(time.Now().Add(15 * time.Second)) // the sweep runs once a second; this is only a bound on a hang
 	if n, err := c.br.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("idle connection: read %d, %v; want EOF", n, err)
 	}
-	if waited := time.Since(start); waited < 900*time.Millisecond {
-		t.Errorf("closed after %v, before the idle timeout", waited)
+	// A few milliseconds of slack: the child keeps its deadlines in wall
+	// time, the test measures in monotonic time.
+	if waited := time.Since(start); waited < to.Idle-5*time.Millisecond {
+		t.Errorf("closed %v after the request was sent, before the idle timeout of %v", waited, to.Idle)
 	}
 }
 
@@ -352,11 +369,15 @@ func TestLoopClientOnFdZero(t *testing.T) {
 	tc.stop(t) // closes the child's fd 0 before stdin is put back
 	unix.Dup3(saved, 0, 0)
 	unix.Close(saved)
-	if !strings.HasPrefix(link, "socket:") {
-		t.Skipf("the connection did not land on fd 0 (%s)", link)
+	// Wherever the connection landed, it must be served.
+	if err != nil {
+		t.Fatalf("client (connection on %s): %v", link, err)
 	}
-	if err != nil || string(r.body) != "/zero" {
-		t.Fatalf("client on fd 0: %v", err)
+	if r.status != 200 || string(r.body) != "/zero" {
+		t.Fatalf("client (connection on %s): status %d body %q, want 200 /zero", link, r.status, r.body)
+	}
+	if !strings.HasPrefix(link, "socket:") {
+		t.Skipf("the connection was served, but did not land on fd 0 (%s): another fd took it", link)
 	}
 }
 
@@ -396,12 +417,17 @@ func TestLoopDrainTakesListenerQueue(t *testing.T) {
 	}
 	queued := dial()
 	queued.send(t, get("/queued"))
-	time.Sleep(50 * time.Millisecond) // would be answered by now if the child took it
-	queued.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	if n, err := queued.br.Read(make([]byte, 1)); n > 0 || err == nil {
-		t.Fatalf("a full child answered a connection from its listener")
+	// The connection and its request wait in the listener's accept queue
+	// (held by no process: inode 0); a child that took it would hold it.
+	port := sa.(*unix.SockaddrInet4).Port
+	peer := queued.LocalAddr().(*net.TCPAddr).Port
+	var seen loopSocket
+	if !loopWaitSocket(t, port, peer, func(s loopSocket) bool {
+		seen = s
+		return s.inode != 0 || s.rx == len(get("/queued"))
+	}) || seen.inode != 0 {
+		t.Fatalf("the second connection is not waiting in the accept queue with its request: %+v (a full child took it?)", seen)
 	}
-	queued.SetReadDeadline(time.Now().Add(10 * time.Second))
 
 	tc.send(t, ipc.CmdDrain)
 	r := queued.read(t)
@@ -409,4 +435,67 @@ func TestLoopDrainTakesListenerQueue(t *testing.T) {
 		t.Fatalf("queued connection after the drain: status %d body %q Connection %q", r.status, r.body, r.get("Connection"))
 	}
 	expectEOF(t, "queued connection answered during the drain", queued)
+}
+
+// loopPorts are the ports of the server and client ends of c.
+func loopPorts(t *testing.T, tc *testChild, c *client) (server, client int) {
+	t.Helper()
+	_, p, err := net.SplitHostPort(tc.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(p)
+	return port, c.LocalAddr().(*net.TCPAddr).Port
+}
+
+// loopSocket is the server end of a loopback connection as /proc/net/tcp
+// shows it, with the client end's send queue.
+type loopSocket struct {
+	tx, rx int    // bytes sent and not acknowledged; received and not read
+	inode  uint64 // 0 while no process holds it (in the accept queue)
+	peerTx int    // the client end's unacknowledged bytes
+}
+
+// loopWaitSocket polls /proc/net/tcp until the server end of the connection
+// between local port port and client port peer satisfies cond, for up to
+// ten seconds.
+func loopWaitSocket(t *testing.T, port, peer int, cond func(loopSocket) bool) bool {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s loopSocket
+		server, client := false, false
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 10 {
+				continue
+			}
+			local, remote := loopPort(f[1]), loopPort(f[2])
+			txs, rxs, _ := strings.Cut(f[4], ":")
+			tx, _ := strconv.ParseInt(txs, 16, 64)
+			rx, _ := strconv.ParseInt(rxs, 16, 64)
+			switch {
+			case local == port && remote == peer:
+				s.tx, s.rx = int(tx), int(rx)
+				s.inode, _ = strconv.ParseUint(f[9], 10, 64)
+				server = true
+			case local == peer && remote == port:
+				s.peerTx = int(tx)
+				client = true
+			}
+		}
+		if server && client && cond(s) {
+			return true
+		}
+	}
+	return false
+}
+
+func loopPort(addr string) int {
+	_, p, _ := strings.Cut(addr, ":")
+	n, _ := strconv.ParseUint(p, 16, 16)
+	return int(n)
 }
