@@ -32,7 +32,7 @@ type Config struct {
 	Slot     int      // the child's index in the pool, as the master numbers it
 	Listener int      // in reuseport mode the child's own listening socket; 0 or -1 when none
 	Pool     int      // worker goroutines for handlers; 0 runs handlers inline
-	Limits   Limits   // zero: DefaultLimits
+	Limits   Limits   // zero: DefaultLimits; each is clamped to [0, MaxLimits]
 	Timeouts Timeouts // zero: DefaultTimeouts
 	// Stats is the child's cell of counters in the master's shared region;
 	// nil counts into a private cell.
@@ -52,6 +52,7 @@ func (c *Config) setDefaults() {
 	if c.Limits == (Limits{}) {
 		c.Limits = DefaultLimits
 	}
+	c.Limits = c.Limits.clamp()
 	if c.Timeouts == (Timeouts{}) {
 		c.Timeouts = DefaultTimeouts
 	}

@@ -1,6 +1,9 @@
 package child
 
-import "bytes"
+import (
+	"bytes"
+	"math"
+)
 
 // Limits bound what one request may occupy. A request over a limit is
 // answered with the status named beside it and the connection is closed.
@@ -17,6 +20,27 @@ var DefaultLimits = Limits{
 	MaxHeaderBytes: 16 << 10,
 	MaxHeaders:     100,
 	MaxBody:        1 << 20,
+}
+
+// MaxLimits are the largest limits a child takes: a Config's limits are
+// clamped to them, and cmd/procpool refuses larger flags. A request is
+// held in one buffer, so the body limit stays far below what a slice can
+// address, and the sums over all limits cannot overflow an int.
+var MaxLimits = Limits{
+	MaxRequestLine: 1 << 20,
+	MaxHeaderBytes: 1 << 20,
+	MaxHeaders:     1 << 16,
+	MaxBody:        min(1<<40, math.MaxInt>>3),
+}
+
+// clamp brings every limit within [0, MaxLimits], so that no value can
+// make the child's arithmetic overflow or an allocation fail.
+func (l Limits) clamp() Limits {
+	l.MaxRequestLine = min(max(l.MaxRequestLine, 0), MaxLimits.MaxRequestLine)
+	l.MaxHeaderBytes = min(max(l.MaxHeaderBytes, 0), MaxLimits.MaxHeaderBytes)
+	l.MaxHeaders = min(max(l.MaxHeaders, 0), MaxLimits.MaxHeaders)
+	l.MaxBody = min(max(l.MaxBody, 0), MaxLimits.MaxBody)
+	return l
 }
 
 // maxChunkLine bounds a chunk-size line with its extensions.

@@ -145,16 +145,18 @@ func (s *session) onReadable(c *conn) action {
 	return s.answer(c, s.rbuf[:n], false)
 }
 
-// growInput makes room in c.in for the rest of a large request. It refuses
-// once the request could not fit any limit.
+// growInput makes room in c.in for the rest of a large request. The buffer
+// doubles as bytes arrive, never to more than the request has said it
+// needs: memory follows what the client sent, not what it announced. It
+// refuses once the request could not fit any limit.
 func (s *session) growInput(c *conn) bool {
 	max := s.lim.MaxRequestLine + s.lim.MaxHeaderBytes + 2*int(s.lim.MaxBody) + bufSize
 	if len(c.in) >= max {
 		return false
 	}
 	size := 2 * cap(c.in)
-	if c.need > size {
-		size = c.need
+	if c.need > cap(c.in) {
+		size = min(size, c.need)
 	}
 	size = min(size, max)
 	b := append(make([]byte, 0, size), c.in...)
@@ -218,7 +220,7 @@ func (s *session) keepPartial(c *conn, rest []byte, own bool) action {
 	case own:
 		c.in = c.in[:copy(c.in, rest)] // copy is a memmove: overlap is fine
 	default:
-		c.in = append(getBuf(max(len(rest), c.need)), rest...)
+		c.in = append(getBuf(len(rest)), rest...) // grown as the rest arrives
 	}
 	now := s.clk.now
 	switch {

@@ -175,7 +175,6 @@ func (s *settings) validate() error {
 	bad := func(flag, format string, a ...any) error {
 		return &usageError{msg: fmt.Sprintf(format, a...), flag: flag}
 	}
-	const limits = "limits: -max-request-line and -max-header-bytes want at least 64, -max-headers at least 1, -max-body at least 0"
 	const timeouts = "timeouts must be positive"
 	switch {
 	case s.mode != master.ModeFdpass && s.mode != master.ModeReuseport:
@@ -190,14 +189,16 @@ func (s *settings) validate() error {
 		return bad("backlog", "-backlog: must not be negative")
 	case s.grace < 0:
 		return bad("grace", "-grace: must not be negative")
-	case s.limits.MaxRequestLine < 64:
-		return bad("max-request-line", limits)
-	case s.limits.MaxHeaderBytes < 64:
-		return bad("max-header-bytes", limits)
-	case s.limits.MaxHeaders < 1:
-		return bad("max-headers", limits)
-	case s.limits.MaxBody < 0:
-		return bad("max-body", limits)
+	// A child holds a request in memory: limits above child.MaxLimits are
+	// refused here rather than clamped there.
+	case s.limits.MaxRequestLine < 64 || s.limits.MaxRequestLine > child.MaxLimits.MaxRequestLine:
+		return bad("max-request-line", "-max-request-line: want 64 to %d bytes, got %d", child.MaxLimits.MaxRequestLine, s.limits.MaxRequestLine)
+	case s.limits.MaxHeaderBytes < 64 || s.limits.MaxHeaderBytes > child.MaxLimits.MaxHeaderBytes:
+		return bad("max-header-bytes", "-max-header-bytes: want 64 to %d bytes, got %d", child.MaxLimits.MaxHeaderBytes, s.limits.MaxHeaderBytes)
+	case s.limits.MaxHeaders < 1 || s.limits.MaxHeaders > child.MaxLimits.MaxHeaders:
+		return bad("max-headers", "-max-headers: want 1 to %d fields, got %d", child.MaxLimits.MaxHeaders, s.limits.MaxHeaders)
+	case s.limits.MaxBody < 0 || s.limits.MaxBody > child.MaxLimits.MaxBody:
+		return bad("max-body", "-max-body: want 0 to %d bytes, got %d", child.MaxLimits.MaxBody, s.limits.MaxBody)
 	case s.timeouts.Header <= 0:
 		return bad("header-timeout", timeouts)
 	case s.timeouts.Body <= 0:
