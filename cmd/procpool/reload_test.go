@@ -35,9 +35,12 @@ const (
 
 // sigLoad is a bounded HTTP load on a server: GET / and POST /echo
 // alternately, every answer checked. The keep-alive client is net/http's,
-// which retries a replayable request when a reused connection turns out to
-// be closed by the server (RFC 9112 §9.3.1); the POSTs carry an
-// Idempotency-Key, which is how net/http learns that they are replayable.
+// which silently resends a replayable request when a reused connection
+// turns out to be closed by the server (RFC 9112 §9.3.1): a request the
+// server dropped would go unseen. A trace hook sees every connection a
+// request is sent on, so such a resend is counted, and check fails on any.
+// (The POSTs carry an Idempotency-Key, so that net/http treats them as
+// replayable too and they are counted the same way rather than failing.)
 // The fresh connections never retry: a connection refused or cut there is
 // a failure.
 type sigLoad struct {
@@ -47,7 +50,7 @@ type sigLoad struct {
 	ok      atomic.Int64
 	failed  atomic.Int64
 	refused atomic.Int64
-	retried atomic.Int64 // by net/http, on a reused connection the server closed
+	retried atomic.Int64 // requests net/http resent: the server dropped them
 	mu      sync.Mutex
 	errs    []string // the first few failures
 	ka      *http.Transport
@@ -97,13 +100,15 @@ func (l *sigLoad) request(c *http.Client, url string, w, i int, keepAlive bool) 
 			req.Header.Set("Idempotency-Key", fmt.Sprintf("%d-%d", w, i))
 		}
 	}
-	// A request that gets a connection more than once was retried.
+	// A request that gets a connection more than once was sent again: the
+	// server closed the first connection without answering it.
 	var conns atomic.Int32
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(),
 		&httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }}))
 	resp, err := c.Do(req)
-	if conns.Load() > 1 {
+	if n := conns.Load(); n > 1 {
 		l.retried.Add(1)
+		l.note("%s %s: sent %d times: the server closed a connection it had been sent on without answering", req.Method, req.URL.Path, n)
 	}
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
@@ -126,6 +131,11 @@ func (l *sigLoad) request(c *http.Client, url string, w, i int, keepAlive bool) 
 
 func (l *sigLoad) fail(format string, a ...any) {
 	l.failed.Add(1)
+	l.note(format, a...)
+}
+
+// note keeps the first few failures for the report.
+func (l *sigLoad) note(format string, a ...any) {
 	l.mu.Lock()
 	if len(l.errs) < 10 {
 		l.errs = append(l.errs, fmt.Sprintf(format, a...))
@@ -150,17 +160,18 @@ func (l *sigLoad) progress(n int64, timeout time.Duration) bool {
 	return pollFor(timeout, func() bool { return l.ok.Load() >= base+n })
 }
 
-// check stops the load and fails the test on any failed request.
+// check stops the load and fails the test on any failed request and on
+// any request the server dropped, even one the client sent again.
 func (l *sigLoad) check(t *testing.T, what string) {
 	t.Helper()
 	l.finish()
-	ok, failed, refused := l.ok.Load(), l.failed.Load(), l.refused.Load()
-	t.Logf("%s: %d requests answered, %d failed, %d connections refused, %d retried by the client",
-		what, ok, failed, refused, l.retried.Load())
-	if failed > 0 || refused > 0 {
+	ok, failed, refused, dropped := l.ok.Load(), l.failed.Load(), l.refused.Load(), l.retried.Load()
+	t.Logf("%s: %d requests answered, %d failed, %d connections refused, %d dropped by the server and resent by the client",
+		what, ok, failed, refused, dropped)
+	if failed > 0 || refused > 0 || dropped > 0 {
 		l.mu.Lock()
-		t.Errorf("%s: %d requests failed, %d connections refused; first failures:\n%s", what, failed, refused,
-			strings.Join(l.errs, "\n"))
+		t.Errorf("%s: %d requests failed, %d connections refused, %d dropped by the server (resent by net/http); first failures:\n%s",
+			what, failed, refused, dropped, strings.Join(l.errs, "\n"))
 		l.mu.Unlock()
 	}
 	if ok < 100 {
