@@ -58,6 +58,7 @@ type loop struct {
 	lastAccepts  bool  // drain is taking what is queued on the own listener
 	drainBy      int64 // when idle connections of a draining child close
 	sig          *ipc.SelfPipe
+	turns        uint64 // published in the stats cell: the master's sign of progress
 }
 
 // Run serves until the master tells the child to stop (nil after a drain) or
@@ -146,6 +147,8 @@ func (l *loop) run() error {
 		if err != nil {
 			return err
 		}
+		l.turns++
+		l.cfg.Stats.Turns.Store(l.turns)
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
 			switch fd := int(ev.Fd); {
@@ -159,7 +162,7 @@ func (l *loop) run() error {
 					return errStopped
 				}
 				if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
-					l.drain()
+					l.drain(false)
 				}
 				if s.Has(unix.SIGUSR1) {
 					l.reopen()
@@ -188,7 +191,7 @@ func (l *loop) run() error {
 				l.poller.Add(l.cfg.Listener, epoll.In)
 			}
 		}
-		if l.draining.Load() && l.open == 0 {
+		if l.draining.Load() && l.open == 0 && !l.channelHolds() {
 			return nil
 		}
 	}
@@ -219,11 +222,15 @@ func (l *loop) onChannel() error {
 			}
 			taken += len(fds)
 		case ipc.CmdDrain:
-			l.drain()
+			l.drain(true)
 		case ipc.CmdStop:
 			return errStopped
 		case ipc.CmdReopen:
 			l.reopen()
+		case ipc.CmdPing:
+			// The master thinks we are stuck: say we are not. A full channel
+			// can be ignored, the master wakes for what fills it anyway.
+			l.ch.Send(ipc.Msg{Cmd: ipc.CmdPing, Pid: int32(os.Getpid()), Slot: int32(l.cfg.Slot)}, nil)
 		}
 	}
 	return nil
@@ -280,12 +287,9 @@ func (l *loop) accept() bool {
 // acceptPause is how long accepting rests when the fd table is full.
 const acceptPause = 100 * time.Millisecond
 
-// register adopts an accepted connection.
+// register adopts an accepted connection. A draining child serves it too
+// (its answer says Connection: close): it was sent before the master knew.
 func (l *loop) register(fd int) {
-	if l.draining.Load() {
-		unix.Close(fd)
-		return
-	}
 	// Responses go out in one write each; Nagle would hold the next one back.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	for fd >= len(l.conns) {
@@ -405,10 +409,17 @@ func (l *loop) sweep(now int64) {
 }
 
 // drain stops taking work: idle connections close now, busy ones after the
-// response in progress, which carries Connection: close.
-func (l *loop) drain() {
+// response in progress, which carries Connection: close. A drain the master
+// did not ask for (a SIGTERM sent to the child itself) is announced to it, so
+// that it deals this child nothing more and takes back what is queued.
+func (l *loop) drain(asked bool) {
 	if l.draining.Load() {
 		return
+	}
+	if !asked {
+		if err := l.ch.Send(ipc.Msg{Cmd: ipc.CmdDraining, Pid: int32(os.Getpid()), Slot: int32(l.cfg.Slot)}, nil); err != nil {
+			fmt.Fprintf(os.Stderr, "procpool child %d: announce drain: %v\n", l.cfg.Slot, err)
+		}
 	}
 	if l.cfg.Listener > 0 {
 		// Take what is queued on our listener before closing it: the kernel
@@ -436,6 +447,18 @@ func (l *loop) drain() {
 			c.deadline = min(c.deadline, l.drainBy)
 		}
 	}
+}
+
+// channelHolds takes what is still queued on the channel and reports
+// whether that gave the child something to do. A draining child asks before
+// it exits: connections the master sent before it learnt of the drain are
+// served, not left behind.
+func (l *loop) channelHolds() bool {
+	before := l.cfg.Stats.Accepted.Load()
+	if err := l.onChannel(); err != nil {
+		return false
+	}
+	return l.cfg.Stats.Accepted.Load() != before || l.open > 0
 }
 
 // drainIdle is how long a draining child keeps an idle connection open.

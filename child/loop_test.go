@@ -220,7 +220,7 @@ func TestLoopIdleTimeout(t *testing.T) {
 // A drain lets the request in progress finish, with Connection: close. An
 // idle keep-alive connection may still send a request (its client may have
 // had one on the wire), answered with Connection: close; a silent one closes
-// at the sweep; a connection passed after the drain closes unserved. Then
+// at the sweep; a connection passed after the drain is served and closed. Then
 // Run returns nil.
 func TestLoopDrain(t *testing.T) {
 	tc := startChild(t, Config{}, newTestRoutes())
@@ -234,7 +234,12 @@ func TestLoopDrain(t *testing.T) {
 		t.Fatalf("status %d, want 100", r.status)
 	}
 	tc.send(t, ipc.CmdDrain)
-	late := tc.dial(t) // behind the drain on the channel: closed unserved
+	// Sent behind the drain on the channel, before the master could know:
+	// served, with Connection: close.
+	late := tc.dial(t)
+	if r := late.roundTrip(t, "/late"); string(r.body) != "/late" || r.get("Connection") != "close" {
+		t.Fatalf("connection passed after the drain: body %q Connection %q", r.body, r.get("Connection"))
+	}
 	expectEOF(t, "connection passed after the drain", late)
 
 	if r := speaks.roundTrip(t, "/last"); string(r.body) != "/last" || r.get("Connection") != "close" {

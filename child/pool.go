@@ -41,6 +41,7 @@ func newPool(n int, h Handler, l *loop) (*pool, error) {
 	}
 	for i := 0; i < n; i++ {
 		s := newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+		s.shared = true
 		s.alog = newLogBuf(l.cfg.AccessLog)
 		p.wg.Add(1)
 		go p.worker(s)

@@ -19,6 +19,7 @@ type session struct {
 	lim      *Limits
 	to       *Timeouts
 	draining *atomic.Bool
+	shared   bool // a pool worker's: others publish requests in the same cell
 	clk      clock
 	rbuf     []byte // every read lands here unless a partial request waits
 	wbuf     []byte // the responses of one event, sent with one write
@@ -86,7 +87,9 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			s.req.close = true
 		}
 		s.resp.reset()
+		claimed := s.st.Begin(s.clk.now.UnixNano(), s.req.Method, s.req.Path, s.shared)
 		s.h.Serve(&s.resp, &s.req)
+		s.st.End(claimed, s.shared)
 		// Draining is checked again: in pool mode a drain can arrive while
 		// the handler runs.
 		if s.resp.close || s.draining.Load() {

@@ -8,7 +8,7 @@
 // boundaries and a message is delivered whole or not at all. Every message is
 // exactly MsgSize (16) bytes in host byte order:
 //
-//	offset 0  uint32  command (CmdFds, CmdReady, CmdDrain, ...)
+//	offset 0  uint32  command (CmdFds, CmdReady, CmdDrain, CmdPing, CmdDraining, ...)
 //	offset 4  int32   pid of the sender
 //	offset 8  int32   slot of the child the message concerns
 //	offset 12 uint32  argument: for CmdFds, the number of fds attached

@@ -22,15 +22,24 @@ const (
 	CmdDrain                 // master → child: stop taking work, finish, exit 0
 	CmdStop                  // master → child: exit now
 	CmdReopen                // master → child: reopen log files
+	// CmdPing wakes a child the master has found stalled, so that the child
+	// turns its loop as soon as it runs again; the child answers with a
+	// CmdPing of its own, which wakes the master to see that progress.
+	CmdPing // master → child: are you there? child → master: yes
+	// CmdDraining tells the master that a child began to drain on its own
+	// (a SIGTERM sent to it directly), so it gets no new connections.
+	CmdDraining // child → master: draining; send me nothing more
 	cmdLimit
 )
 
 var cmdNames = [...]string{
-	CmdFds:    "fds",
-	CmdReady:  "ready",
-	CmdDrain:  "drain",
-	CmdStop:   "stop",
-	CmdReopen: "reopen",
+	CmdFds:      "fds",
+	CmdReady:    "ready",
+	CmdDrain:    "drain",
+	CmdStop:     "stop",
+	CmdReopen:   "reopen",
+	CmdPing:     "ping",
+	CmdDraining: "draining",
 }
 
 func (c Cmd) String() string {

@@ -38,6 +38,20 @@ type Cell struct {
 	Responses   [6]atomic.Uint64 // by status class: [2] counts 2xx; [0] is unused
 	ParseErrors atomic.Uint64
 	Timeouts    atomic.Uint64
+
+	// What the child is doing now, for the master's stall rule and its
+	// watchdog. Turns is the child's heartbeat: its loop stores a new value
+	// every turn, so a child whose loop is blocked (a long inline handler, a
+	// stop, a page-fault storm) shows no change. InFlight counts requests in
+	// a handler. ReqStart is when the request described by ReqMethod and
+	// ReqPath entered its handler (unix ns; 0: none; -1: being written):
+	// in inline mode the one request the loop runs, in pool mode the first
+	// of those running that claimed the slot.
+	Turns     atomic.Uint64
+	InFlight  atomic.Int64
+	ReqStart  atomic.Int64
+	ReqMethod [8]byte
+	ReqPath   [48]byte
 }
 
 var _ [CellSize - unsafe.Sizeof(Cell{})]byte // a Cell must fit its slot
@@ -105,6 +119,71 @@ func (s *Stats) Reset(i int) {
 	}
 	c.ParseErrors.Store(0)
 	c.Timeouts.Store(0)
+	c.Turns.Store(0)
+	c.InFlight.Store(0)
+	c.ReqStart.Store(0)
+	c.ReqMethod = [8]byte{}
+	c.ReqPath = [48]byte{}
+}
+
+// Begin records that a request entered its handler at now (unix ns). It
+// claims the request slot when it is free and reports whether it did; the
+// caller passes that to End. shared says that other goroutines of the child
+// (pool workers) may call Begin at the same time; the loop of an inline
+// child is alone and pays no locked instruction.
+func (c *Cell) Begin(now int64, method, path []byte, shared bool) bool {
+	if !shared {
+		c.InFlight.Store(1)
+		c.ReqStart.Store(-1)
+	} else {
+		c.InFlight.Add(1)
+		if !c.ReqStart.CompareAndSwap(0, -1) {
+			return false // an older request holds the slot
+		}
+	}
+	// Short names are zero-padded, long ones cut: this is for a log line.
+	c.ReqMethod = [8]byte{}
+	copy(c.ReqMethod[:], method)
+	n := copy(c.ReqPath[:], path)
+	clear(c.ReqPath[n:])
+	c.ReqStart.Store(now)
+	return true
+}
+
+// End records that a request Begin counted has left its handler.
+func (c *Cell) End(claimed, shared bool) {
+	if claimed {
+		c.ReqStart.Store(0)
+	}
+	if !shared {
+		c.InFlight.Store(0)
+	} else {
+		c.InFlight.Add(-1)
+	}
+}
+
+// Current is the request a child published with Begin: its method, path and
+// start (unix ns). ok is false when none is running or it changed while
+// being read.
+func (c *Cell) Current() (method, path string, start int64, ok bool) {
+	start = c.ReqStart.Load()
+	if start <= 0 {
+		return "", "", 0, false
+	}
+	m, p := c.ReqMethod, c.ReqPath
+	if c.ReqStart.Load() != start {
+		return "", "", 0, false
+	}
+	return cstring(m[:]), cstring(p[:]), start, true
+}
+
+func cstring(b []byte) string {
+	for i, x := range b {
+		if x == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
 }
 
 // Close unmaps the region and closes the fd.

@@ -37,6 +37,9 @@ type childView struct {
 	pid, slot, gen, cpu, cell int
 	state                     string
 	started                   time.Time
+	h                         *health // live: written by the loop, read atomically
+	stalledAt                 int64
+	watchdogKills             uint64
 }
 
 // publish makes the current children visible to the admin server.
@@ -49,8 +52,12 @@ func (m *Master) publish() {
 		if k.cell < 0 {
 			continue
 		}
-		v.children = append(v.children, childView{pid: k.pid, slot: k.slot, gen: k.gen, cpu: k.cpu,
-			cell: k.cell, state: k.state.String(), started: k.started})
+		cv := childView{pid: k.pid, slot: k.slot, gen: k.gen, cpu: k.cpu,
+			cell: k.cell, state: k.state.String(), started: k.started, h: &k.h, stalledAt: k.stalledAt}
+		if k.slot < len(m.slots) {
+			cv.watchdogKills = m.slots[k.slot].watchdogKills
+		}
+		v.children = append(v.children, cv)
 	}
 	m.admin.view.Store(v)
 }
@@ -257,6 +264,27 @@ type ChildStatus struct {
 	Responses   map[string]uint64 `json:"responses"`
 	ParseErrors uint64            `json:"parse_errors"`
 	Timeouts    uint64            `json:"timeouts"`
+	// Backlog is how many connections wait in the child's channel (fdpass).
+	Backlog uint64 `json:"backlog"`
+	// Stalled: the child has a backlog and its loop has not turned for
+	// -stall; the master deals around it.
+	Stalled bool `json:"stalled"`
+	// SinceProgress is how long ago the child last showed progress while
+	// it owed some (0 when it owes nothing).
+	SinceProgress float64 `json:"since_progress_seconds"`
+	TakenBack     uint64  `json:"taken_back"`
+	// WatchdogKills counts the children of this slot the watchdog killed.
+	WatchdogKills uint64 `json:"watchdog_kills"`
+	InFlight      int64  `json:"in_flight"`
+	// Request is the request the child is running, when one is.
+	Request *RequestStatus `json:"request,omitempty"`
+}
+
+// RequestStatus is a request a child published as running.
+type RequestStatus struct {
+	Method string  `json:"method"`
+	Path   string  `json:"path"`
+	Age    float64 `json:"age_seconds"`
 }
 
 // Status is the document /status serves.
@@ -281,6 +309,7 @@ func (a *admin) status() Status {
 		for class := 1; class <= 5; class++ {
 			cs.Responses[strconv.Itoa(class)+"xx"] = s.Responses[class]
 		}
+		a.progress(&cs, c)
 		st.Children = append(st.Children, cs)
 	}
 	return st
@@ -305,4 +334,25 @@ func rss(pid int) int64 {
 	}
 	pages, _ := strconv.ParseInt(f[1], 10, 64)
 	return pages * int64(os.Getpagesize())
+}
+
+// progress fills in what the master knows of a child's progress.
+func (a *admin) progress(cs *ChildStatus, c childView) {
+	cell := a.stats.Cell(c.cell)
+	now := time.Now().UnixNano()
+	if a.mode == ModeFdpass {
+		if sent, taken := c.h.sent.Load(), cell.Accepted.Load(); sent > taken {
+			cs.Backlog = sent - taken
+		}
+	}
+	cs.Stalled = c.h.stalled.Load()
+	if cs.Backlog > 0 || cs.Stalled {
+		cs.SinceProgress = time.Duration(now - c.h.progressAt.Load()).Seconds()
+	}
+	cs.TakenBack = c.h.takenBack.Load()
+	cs.WatchdogKills = c.watchdogKills
+	cs.InFlight = cell.InFlight.Load()
+	if method, path, start, ok := cell.Current(); ok {
+		cs.Request = &RequestStatus{Method: method, Path: path, Age: time.Duration(now - start).Seconds()}
+	}
 }

@@ -81,16 +81,41 @@ func (m *Master) dispatch() {
 	}
 }
 
-// next picks the next target child with room, round-robin.
+// next picks the target child for the next connection: round-robin, or the
+// one with the fewest outstanding connections (ties round-robin), among those
+// that can take it.
 func (m *Master) next() *kid {
+	n := len(m.targets)
+	if m.cfg.Dispatch == DispatchLeast {
+		var best *kid
+		var load uint64
+		at := 0
+		for i := 0; i < n; i++ {
+			k := m.targets[(m.rr+i)%n]
+			if !m.canTake(k) {
+				continue
+			}
+			if l := m.open(k); best == nil || l < load {
+				best, load, at = k, l, i
+			}
+		}
+		m.rr += at + 1
+		return best
+	}
 	for range m.targets {
-		k := m.targets[m.rr%len(m.targets)]
+		k := m.targets[m.rr%n]
 		m.rr++
-		if !k.full && m.hasRoom(k) {
+		if m.canTake(k) {
 			return k
 		}
 	}
 	return nil
+}
+
+// canTake reports whether k may be dealt a connection now: its channel has
+// room, it is not stalled, and it is below -max-conns.
+func (m *Master) canTake(k *kid) bool {
+	return !k.full && !k.h.stalled.Load() && m.hasRoom(k)
 }
 
 // send delivers k.batch. It reports whether some fds could not be sent; those
@@ -113,7 +138,7 @@ func (m *Master) send(k *kid) bool {
 		for _, fd := range b[:n] {
 			unix.Close(fd) // the child holds its own reference now
 		}
-		k.sent += uint64(n)
+		k.h.sent.Add(uint64(n))
 		b = b[n:]
 	}
 	m.queue = append(m.queue, b...)
@@ -149,7 +174,7 @@ func (m *Master) updateAccepting(now time.Time) {
 func (m *Master) anyRoom() bool {
 	m.allFull = false
 	for _, k := range m.targets {
-		if !k.full && m.hasRoom(k) {
+		if m.canTake(k) {
 			return true
 		}
 	}

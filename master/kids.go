@@ -38,8 +38,13 @@ type kid struct {
 	batch   []int // fds dealt to this child in this turn
 	full    bool  // its channel returned EAGAIN; wait for EPOLLOUT
 	killed  bool
-	cell    int    // its counters in the shared stats region
-	sent    uint64 // connections handed to it
+	hung    bool // killed by the watchdog
+	cell    int  // its counters in the shared stats region
+	h       health
+	// stalledAt is when the current stall began (unix ns); warned, whether
+	// it was logged.
+	stalledAt int64
+	warned    bool
 }
 
 func (k *kid) closeChannel() {
@@ -55,18 +60,23 @@ func (k *kid) closeChannel() {
 
 // slotState is the respawn bookkeeping of one slot of the pool.
 type slotState struct {
-	failures  int       // quick deaths in a row
-	respawnAt time.Time // zero: spawn when missing
-	fatal     bool      // a child exited with status 2: do not respawn
+	failures      int       // quick deaths in a row
+	respawnAt     time.Time // zero: spawn when missing
+	fatal         bool      // a child exited with status 2: do not respawn
+	watchdogKills uint64    // children of this slot the watchdog killed
 }
 
 const (
 	backoffBase = 100 * time.Millisecond
 	backoffMax  = 5 * time.Second
 	// spawnGap spaces the spawns of one slot whose children die after
-	// getting ready (killed, or crashing on some request): at most five a
-	// second, however fast they die.
+	// serving for a while (killed, or crashing on some request): at most
+	// five a second, however fast they die.
 	spawnGap = 200 * time.Millisecond
+	// quickDeath: a child that dies sooner than this after it was started
+	// is a crash loop in the making (a broken binary, config, environment
+	// or first request), and its slot backs off exponentially.
+	quickDeath = 2 * time.Second
 )
 
 func (m *Master) setWorkers(n int) {
@@ -165,6 +175,7 @@ func (m *Master) spawn(slot int) error {
 	m.stats.Cell(cell).Pid.Store(int64(pid))
 	k := &kid{pid: pid, slot: slot, gen: m.gen, cpu: cpu, ch: ipc.NewChannel(mfd), peer: cfd,
 		state: starting, started: time.Now(), cell: cell}
+	k.h.progressAt.Store(k.started.UnixNano())
 	if err := m.poller.Add(mfd, epoll.In); err != nil {
 		// Without its channel the child is useless; it will see EOF and exit.
 		unix.Kill(pid, unix.SIGKILL)
@@ -217,6 +228,9 @@ func (m *Master) reap() {
 		switch {
 		case expected:
 			m.log.Info("child exited", args...)
+		case k.hung:
+			// The watchdog's kill: replace it at once, it did not crash.
+			m.log.Warn("child killed by the watchdog replaced", args...)
 		case ws.Exited() && ws.ExitStatus() == 2:
 			m.log.Error("child failed fatally, not respawning its slot", args...)
 			if k.slot < len(m.slots) && k.gen == m.gen {
@@ -226,9 +240,10 @@ func (m *Master) reap() {
 			m.log.Warn("child died unexpectedly", args...)
 			if k.slot < len(m.slots) && k.gen == m.gen {
 				st := &m.slots[k.slot]
-				if k.state == starting {
-					// It died before it could serve: a broken binary, config
-					// or environment. Retrying at once would only fork-storm.
+				if k.state == starting || time.Since(k.started) < quickDeath {
+					// It died before it could serve, or soon after: a broken
+					// binary, config, environment or first request.
+					// Retrying at once would only fork-storm.
 					m.backoff(st, time.Now())
 					m.log.Warn("respawn backoff", "slot", k.slot, "failures", st.failures,
 						"delay", time.Until(st.respawnAt).Round(time.Millisecond))
@@ -245,24 +260,13 @@ func (m *Master) reap() {
 // are still queued in its end of the socketpair: take them back and deal them
 // to the others.
 func (m *Master) bury(k *kid) {
-	m.queue = append(m.queue, k.batch...)
-	k.batch = k.batch[:0]
-	if k.peer >= 0 {
-		peer, recovered := ipc.NewChannel(k.peer), 0
-		for {
-			_, fds, err := peer.Recv(m.fds)
-			if err == ipc.ErrBadMsg || err == ipc.ErrTruncated {
-				continue // Recv closed what came with it
-			}
-			if err != nil {
-				break // ErrAgain: nothing more is queued
-			}
-			m.queue = append(m.queue, fds...)
-			recovered += len(fds)
-		}
-		if recovered > 0 {
-			m.log.Info("recovered connections of a dead child", "pid", k.pid, "fds", recovered)
-		}
+	if k.ch != nil {
+		m.poller.Delete(k.ch.Fd)
+		k.ch.Close()
+		k.ch = nil // takeBack must not send the dead child its commands again
+	}
+	if recovered := m.takeBack(k); recovered > 0 {
+		m.log.Info("recovered connections of a dead child", "pid", k.pid, "fds", recovered)
 	}
 	k.closeChannel()
 	m.releaseCell(k)
@@ -293,6 +297,12 @@ func (m *Master) kidByChannel(fd int) *kid {
 	return nil
 }
 
+// maxChannelMsgs bounds what the master reads from one child per turn, as
+// maxAccept bounds an accept burst: a child that floods its channel cannot
+// keep the master from the others. The channel is level-triggered; the
+// rest waits for the next turn.
+const maxChannelMsgs = 64
+
 // onChannel reads what a child says, and notices a channel that has room
 // again after being full.
 func (m *Master) onChannel(k *kid, ev *epoll.Event) {
@@ -300,7 +310,7 @@ func (m *Master) onChannel(k *kid, ev *epoll.Event) {
 		k.full = false
 		m.poller.Rearm(k.ch.Fd, epoll.In)
 	}
-	for k.ch != nil {
+	for i := 0; i < maxChannelMsgs && k.ch != nil; i++ {
 		msg, fds, err := k.ch.Recv(m.fds)
 		for _, fd := range fds {
 			unix.Close(fd) // children have no business sending fds
@@ -308,15 +318,34 @@ func (m *Master) onChannel(k *kid, ev *epoll.Event) {
 		switch {
 		case err == ipc.ErrAgain:
 			return
+		case err == ipc.ErrBadMsg || err == ipc.ErrTruncated:
+			// Our own code at the other end sent nonsense: the child is
+			// broken, and a silent hang is worse than a replacement.
+			m.log.Error("child sent a malformed message; killing it", "pid", k.pid, "slot", k.slot, "err", err)
+			m.poller.Delete(k.ch.Fd)
+			unix.Kill(k.pid, unix.SIGKILL)
+			k.killed = true
+			m.retire(k)
+			return
 		case err != nil:
 			// EOF or a broken channel: the child is dying; SIGCHLD will tell.
 			m.poller.Delete(k.ch.Fd)
 			return
 		}
-		if msg.Cmd == ipc.CmdReady && k.state == starting {
+		switch {
+		case msg.Cmd == ipc.CmdReady && k.state == starting:
 			k.state = ready
 			m.log.Info("child ready", "pid", k.pid, "slot", k.slot, "gen", k.gen)
 			m.retireOld()
+			m.retarget()
+		case msg.Cmd == ipc.CmdPing:
+			// A stalled child answers: the loop's next look sees its progress.
+		case msg.Cmd == ipc.CmdDraining && k.state != draining:
+			// Someone sent the child SIGTERM: it finishes its work and exits,
+			// and a replacement is started at once.
+			m.log.Info("child draining on a signal of its own", "pid", k.pid, "slot", k.slot, "gen", k.gen)
+			k.state = draining
+			m.takeBack(k)
 			m.retarget()
 		}
 	}
@@ -335,6 +364,7 @@ func (m *Master) retireOld() {
 			m.retire(k)
 		}
 	}
+	m.serving = m.gen
 	switch {
 	case m.announce:
 		m.announce = false
@@ -358,10 +388,16 @@ func (m *Master) hasReady(slot, gen int) bool {
 	return false
 }
 
-// retire asks a child to finish its work and exit.
+// retire asks a child to finish its work and exit. What is still queued for
+// it is taken back first and dealt to the serving children, which also
+// leaves room in its channel for the drain command itself. During a stop
+// there is no one else to serve it: the child keeps its queue and serves it.
 func (m *Master) retire(k *kid) {
 	k.state = draining
 	m.log.Info("child draining", "pid", k.pid, "slot", k.slot, "gen", k.gen)
+	if m.stopping == running {
+		m.takeBack(k)
+	}
 	m.tell(k, ipc.CmdDrain)
 	m.retarget()
 }
@@ -398,12 +434,27 @@ func (m *Master) tellAll(cmd ipc.Cmd) {
 }
 
 // retarget recomputes where new connections go: the ready children of the
-// newest generation that has any, in slot order.
+// serving generation — the newest one all of whose children reported ready
+// — or, until there is one, of the newest generation that has any; in slot
+// order. During a graceful stop every child drains, and what the master
+// still holds goes to them.
 func (m *Master) retarget() {
 	defer m.publish()
 	m.targets = m.targets[:0]
+	if m.stopping == graceful {
+		for _, k := range m.kids {
+			if k.state != starting && !k.killed {
+				m.targets = append(m.targets, k)
+			}
+		}
+		return
+	}
 	best := -1
 	for _, k := range m.kids {
+		if k.state == ready && k.gen == m.serving {
+			best = k.gen
+			break
+		}
 		if k.state == ready && k.gen > best {
 			best = k.gen
 		}

@@ -73,6 +73,15 @@ type Config struct {
 	Reopen func() error
 	// Credential, when set, is what children run as (-user).
 	Credential *syscall.Credential
+	// Dispatch is the order in which connections are dealt: DispatchRR
+	// (the default) or DispatchLeast.
+	Dispatch string
+	// Stall is how long a child with a backlog may go without progress
+	// before it is dealt nothing and its queue is taken back. 0 means
+	// DefaultStall; a negative value turns the rule off.
+	Stall time.Duration
+	// Watchdog kills a child stalled for longer than this (0: never).
+	Watchdog time.Duration
 
 	// AdminPublic lets Admin listen beyond loopback; it has no authentication.
 	AdminPublic bool
@@ -101,6 +110,8 @@ type Master struct {
 	targets []*kid // where new connections go, in round-robin order
 	rr      int
 	gen     int
+	serving int          // the newest generation all of whose children were ready
+	peerCh  *ipc.Channel // reads the children's ends of channels, to take back
 	slots   []slotState
 	cpus    []int
 
@@ -158,9 +169,11 @@ func start(cfg Config) (*Master, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeFdpass
 	}
+	cfg.setDefaults()
 	raiseNofile(cfg.Log)
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
-		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs()}
+		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs(),
+		peerCh: ipc.NewChannel(-1)}
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, os.NewSyscallError("open /dev/null", err)
@@ -218,6 +231,7 @@ func (m *Master) Addr() string { return m.addr }
 
 func (m *Master) loop() error {
 	for {
+		m.observe(time.Now())
 		m.dispatch()
 		m.handleSignals()
 		now := time.Now()
@@ -314,6 +328,7 @@ func (m *Master) timeout() int {
 		consider(m.slots[i].respawnAt)
 	}
 	consider(m.pausedUntil)
+	m.nextStallCheck(consider)
 	if m.allFull {
 		consider(now.Add(fullRecheck))
 	}
@@ -350,6 +365,7 @@ func (m *Master) stop(kind stopKind) {
 	}
 	m.dispatch() // connections already accepted still get served
 	m.tellAll(ipc.CmdDrain)
+	m.retarget() // what is taken back from a stalled child goes to the others
 }
 
 func (m *Master) closeListener() {

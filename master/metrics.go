@@ -37,6 +37,12 @@ func (a *admin) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		value            func(c *ChildStatus) string
 	}
 	u := func(x uint64) string { return strconv.FormatUint(x, 10) }
+	b := func(x bool) string {
+		if x {
+			return "1"
+		}
+		return "0"
+	}
 	families := []family{
 		{"procpool_child_accepted_connections_total", "Connections the child took.", "counter", func(c *ChildStatus) string { return u(c.Accepted) }},
 		{"procpool_child_open_connections", "Connections the child holds now.", "gauge", func(c *ChildStatus) string { return u(c.Open) }},
@@ -47,6 +53,12 @@ func (a *admin) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		{"procpool_child_timeouts_total", "Connections the child closed on a timeout.", "counter", func(c *ChildStatus) string { return u(c.Timeouts) }},
 		{"procpool_child_resident_memory_bytes", "Resident set size of the child.", "gauge", func(c *ChildStatus) string { return strconv.FormatInt(c.RSSBytes, 10) }},
 		{"procpool_child_cpu", "CPU the child is pinned to (-1: not pinned).", "gauge", func(c *ChildStatus) string { return strconv.Itoa(c.CPU) }},
+		{"procpool_child_backlog_connections", "Connections waiting in the child's channel.", "gauge", func(c *ChildStatus) string { return u(c.Backlog) }},
+		{"procpool_child_stalled", "1 while the child has a backlog and shows no progress for -stall.", "gauge", func(c *ChildStatus) string { return b(c.Stalled) }},
+		{"procpool_child_seconds_since_progress", "Seconds since the child last showed progress while it owed some (0: owes nothing).", "gauge", func(c *ChildStatus) string { return strconv.FormatFloat(c.SinceProgress, 'g', -1, 64) }},
+		{"procpool_child_taken_back_connections_total", "Connections taken back out of the child's channel and dealt to others.", "counter", func(c *ChildStatus) string { return u(c.TakenBack) }},
+		{"procpool_child_watchdog_kills_total", "Children of this slot the watchdog killed.", "counter", func(c *ChildStatus) string { return u(c.WatchdogKills) }},
+		{"procpool_child_in_flight_requests", "Requests in a handler of the child now.", "gauge", func(c *ChildStatus) string { return strconv.FormatInt(c.InFlight, 10) }},
 	}
 	for _, f := range families {
 		header(w, f.name, f.help, f.kind)

@@ -48,10 +48,11 @@ func (m *Master) open(k *kid) uint64 {
 	if m.cfg.Mode == ModeReuseport {
 		return c.Accepted.Load() - c.Closed.Load()
 	}
-	return k.sent - c.Closed.Load()
+	return k.h.sent.Load() + uint64(len(k.batch)) - c.Closed.Load()
 }
 
-// hasRoom reports whether k may be given another connection.
+// hasRoom reports whether k may be given another connection, counting what
+// was dealt to it in this turn.
 func (m *Master) hasRoom(k *kid) bool {
 	return m.cfg.MaxConns <= 0 || m.open(k) < uint64(m.cfg.MaxConns)
 }

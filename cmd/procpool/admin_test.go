@@ -53,6 +53,18 @@ type obsChild struct {
 	Responses   map[string]uint64 `json:"responses"`
 	ParseErrors uint64            `json:"parse_errors"`
 	Timeouts    uint64            `json:"timeouts"`
+	// What the master knows of the child's progress.
+	Backlog       uint64  `json:"backlog"`
+	Stalled       bool    `json:"stalled"`
+	SinceProgress float64 `json:"since_progress_seconds"`
+	TakenBack     uint64  `json:"taken_back"`
+	WatchdogKills uint64  `json:"watchdog_kills"`
+	InFlight      int64   `json:"in_flight"`
+	Request       *struct {
+		Method string  `json:"method"`
+		Path   string  `json:"path"`
+		Age    float64 `json:"age_seconds"`
+	} `json:"request"`
 }
 
 // obsTotals are the children's counters summed.

@@ -18,14 +18,23 @@ import (
 // dial connects to the server with an I/O deadline.
 func (s *server) dial(t *testing.T) *clientConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", s.addr, ioTimeout)
+	cc, err := dialRaw(s.addr)
 	if err != nil {
-		t.Fatalf("dial %s: %v", s.addr, err)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// dialRaw is dial for goroutines other than the test's: it returns the
+// error, and the caller closes the connection.
+func dialRaw(addr string) (*clientConn, error) {
+	c, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	c.SetDeadline(time.Now().Add(ioTimeout))
-	cc := &clientConn{Conn: c, br: bufio.NewReader(c)}
-	t.Cleanup(func() { c.Close() })
-	return cc
+	return &clientConn{Conn: c, br: bufio.NewReader(c)}, nil
 }
 
 // clientConn is a raw TCP connection with a reader for responses.

@@ -328,3 +328,42 @@ func pollFor(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(delay)
 	}
 }
+
+// variants caches the binaries built with test-only build tags, one per tag.
+var variants struct {
+	sync.Mutex
+	bins map[string]string
+}
+
+// variantBin builds (once per test binary) the server with a test-only
+// build tag, such as procpool_sleeptest, and returns its path. Start it with
+// startServerWith(t, useBin(bin), ...).
+func variantBin(t *testing.T, tag string) string {
+	t.Helper()
+	variants.Lock()
+	defer variants.Unlock()
+	if bin, ok := variants.bins[tag]; ok {
+		return bin
+	}
+	bin := filepath.Join(filepath.Dir(binPath), "procpool-"+tag)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, goTool(), "build", "-tags", tag, "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build -tags %s: %v\n%s", tag, err, out)
+	}
+	if variants.bins == nil {
+		variants.bins = map[string]string{}
+	}
+	variants.bins[tag] = bin
+	return bin
+}
+
+// useBin is a startServerWith hook that runs bin instead of the test's
+// ordinary build.
+func useBin(bin string) func(*exec.Cmd) {
+	return func(c *exec.Cmd) {
+		c.Path = bin
+		c.Args[0] = bin
+	}
+}

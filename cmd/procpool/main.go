@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/procpool/procpool/child"
 	"github.com/procpool/procpool/ipc"
@@ -111,6 +112,9 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Backlog:    s.backlog,
 		Grace:      s.grace,
 		MaxConns:   s.maxConns,
+		Dispatch:   s.dispatch,
+		Stall:      stallSetting(s.stall),
+		Watchdog:   s.watchdog,
 		Admin:      s.admin,
 		Log:        newLogger(s.logJSON),
 		Args:       s.childArgs(),
@@ -189,4 +193,13 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// stallSetting maps -stall to master.Config.Stall, where 0 means the
+// default and a negative value turns the rule off.
+func stallSetting(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -21,6 +21,9 @@ func routes(w *child.Response, r *child.Request) {
 	case "/echo":
 		echo(w, r)
 	default:
+		if testRoute != nil && testRoute(w, r) {
+			return
+		}
 		w.SetStatus(404)
 		w.SetContentType("text/plain")
 		w.WriteString("Not Found\n")
@@ -31,3 +34,7 @@ func echo(w *child.Response, r *child.Request) {
 	w.SetContentType("application/octet-stream")
 	w.Write(r.Body)
 }
+
+// testRoute, set only in binaries built for tests (sleephook.go), serves
+// routes that exist to make a child misbehave on purpose.
+var testRoute func(w *child.Response, r *child.Request) bool

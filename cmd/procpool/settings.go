@@ -38,6 +38,9 @@ type settings struct {
 	admin    string
 	logJSON  bool
 	access   string
+	dispatch string
+	stall    time.Duration
+	watchdog time.Duration
 
 	// args holds the command line as given, so that a reload can apply it
 	// again over a re-read config file: the command line always wins.
@@ -86,6 +89,9 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.admin, "admin", "", "`address` of the status listener: GET /status (JSON), GET /metrics (Prometheus); host:port on loopback or unix:/path")
 	fs.StringVar(&s.access, "access-log", "", "append one combined-format line per request to `file`, buffered in each child; reopened on SIGUSR1")
 	fs.BoolVar(&s.logJSON, "log-json", false, "write the lifecycle log as JSON lines instead of text")
+	fs.StringVar(&s.dispatch, "dispatch", master.DispatchRR, "order in which the master deals connections: rr (round-robin) or least (fewest outstanding)")
+	fs.DurationVar(&s.stall, "stall", master.DefaultStall, "a child with connections waiting and no progress for this long is dealt nothing and its queue is taken back (0: off)")
+	fs.DurationVar(&s.watchdog, "watchdog", 0, "kill and replace a child stalled for longer than this, logging the request it is stuck in (0: never)")
 	fs.StringVar(&s.signal, "s", "", "act on the running master: stop, quit, reload, reopen, upgrade (signals, found through -pidfile), status (the table, read from -admin)")
 	return fs
 }
@@ -189,6 +195,14 @@ func (s *settings) validate() error {
 		return bad("backlog", "-backlog: must not be negative")
 	case s.grace < 0:
 		return bad("grace", "-grace: must not be negative")
+	case s.dispatch != master.DispatchRR && s.dispatch != master.DispatchLeast:
+		return bad("dispatch", "-dispatch: want rr or least, got %q", s.dispatch)
+	case s.stall < 0:
+		return bad("stall", "-stall: must not be negative, got %v", s.stall)
+	case s.watchdog < 0:
+		return bad("watchdog", "-watchdog: must not be negative, got %v", s.watchdog)
+	case s.watchdog > 0 && s.stall > 0 && s.watchdog <= s.stall:
+		return bad("watchdog", "-watchdog %v must be longer than -stall %v: a child is judged by the watchdog only once it is stalled", s.watchdog, s.stall)
 	// A child holds a request in memory: limits above child.MaxLimits are
 	// refused here rather than clamped there.
 	case s.limits.MaxRequestLine < 64 || s.limits.MaxRequestLine > child.MaxLimits.MaxRequestLine:
