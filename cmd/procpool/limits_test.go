@@ -326,6 +326,27 @@ func TestMaxConnsReload(t *testing.T) {
 
 var reLogTime = regexp.MustCompile(`^time=(\S+) `)
 
+// obsConnsHeld is how many connections (sockets on local port port other
+// than listeners) pid holds.
+func obsConnsHeld(t *testing.T, pid, port int) int {
+	t.Helper()
+	table, err := tcpSockets(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes, err := socketInodes(pid)
+	if err != nil {
+		t.Fatalf("sockets of %d: %v", pid, err)
+	}
+	n := 0
+	for _, e := range table {
+		if e.state != tcpListen && inodes[e.inode] {
+			n++
+		}
+	}
+	return n
+}
+
 // obsStarve sets pid's RLIMIT_NOFILE to its lowest free fd number, so that
 // accept4 there fails with EMFILE however many connections wait, and opens
 // burst connections with a request each. For two seconds none may be
@@ -343,7 +364,12 @@ func obsStarve(t *testing.T, s *server, pid int, who string, burst int) []string
 	t.Cleanup(func() { unix.Prlimit(pid, unix.RLIMIT_NOFILE, &orig, nil) })
 	// The fd table must hold still across the change: a connection the
 	// process closes just after the look would leave a free fd under the
-	// limit. Look again after setting it, until nothing moved.
+	// limit. First the process holds no connection (one it still had would
+	// be closed soon); then, once the limit is set, every fd under it must
+	// still be open.
+	if !pollFor(startTimeout, func() bool { return obsConnsHeld(t, pid, s.port) == 0 }) {
+		t.Fatalf("%s (pid %d) still holds %d connections on port %d", who, pid, obsConnsHeld(t, pid, s.port), s.port)
+	}
 	fdSet := func() []int {
 		fds, err := fdTargets(pid)
 		if err != nil {
@@ -361,9 +387,9 @@ func obsStarve(t *testing.T, s *server, pid int, who string, burst int) []string
 		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(lowest), Max: orig.Max}, nil); err != nil {
 			t.Fatalf("prlimit(%d, RLIMIT_NOFILE, %d): %v", pid, lowest, err)
 		}
-		time.Sleep(50 * time.Millisecond)
-		if slices.Equal(before, fdSet()) {
-			break
+		after := fdSet()
+		if len(after) >= lowest && slices.Equal(after[:lowest], before[:lowest]) {
+			break // fds 0 to lowest-1 all open: nothing can be opened
 		}
 		if try == 40 {
 			t.Fatalf("the fds of %s (pid %d) keep changing", who, pid)
@@ -515,16 +541,21 @@ func TestResetDuringLargeResponse(t *testing.T) {
 			}
 		} else {
 			// Until the child's output stalls on the full socket: the
-			// server side's send queue stops growing.
+			// server side's send queue, sampled every 30 ms, stops
+			// growing. That is the point of the case: without it the
+			// reset would not meet a pending write.
 			peer := tc.LocalAddr().(*net.TCPAddr).Port
 			var last int64 = -1
-			pollFor(3*time.Second, func() bool {
+			stalled := pollFor(ioTimeout, func() bool {
 				time.Sleep(30 * time.Millisecond)
 				q := obsSendQueue(t, s.port, peer)
 				stalled := q > 1<<20 && q == last
 				last = q
 				return stalled
 			})
+			if !stalled {
+				t.Fatalf("reset client %d: the child's output never stalled on the full socket in %v (send queue %d bytes)", i, ioTimeout, last)
+			}
 			maxOut = max(maxOut, last)
 		}
 		tc.SetLinger(0)
