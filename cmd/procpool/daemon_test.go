@@ -287,6 +287,26 @@ func TestDaemonLifecycle(t *testing.T) {
 	if !pollFor(5*time.Second, func() bool { _, err := os.Stat(d.logPath); return err == nil }) {
 		t.Fatalf("no new log file at %s after -s reopen", d.logPath)
 	}
+	// The running children reopen theirs too (SIGUSR1 reaches every
+	// child): their stderr moves to the new file, while they run, before
+	// the reload below replaces them.
+	var where map[int]string
+	if !pollFor(startTimeout, func() bool {
+		where = map[int]string{}
+		ok := true
+		for _, pid := range gen0 {
+			fds, err := fdTargets(pid)
+			if err != nil {
+				where[pid] = err.Error()
+			} else {
+				where[pid] = fds[2]
+			}
+			ok = ok && where[pid] == d.logPath
+		}
+		return ok
+	}) {
+		t.Errorf("after -s reopen the running children's stderr: %v, want %s for each", where, d.logPath)
+	}
 	if code, stderr := runToExit(t, "-s", "reload", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s reload exited %d: %s", code, stderr)
 	}
