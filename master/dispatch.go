@@ -122,6 +122,10 @@ func (m *Master) canTake(k *kid) bool {
 // go back to the queue.
 func (m *Master) send(k *kid) bool {
 	b := k.batch
+	if len(b) > 0 && m.backlog(k) == 0 {
+		// It owed nothing until now: the stall clock starts here.
+		k.h.progressAt.Store(m.now().UnixNano())
+	}
 	for len(b) > 0 {
 		n := min(len(b), ipc.MaxFds)
 		err := k.ch.Send(ipc.Msg{Cmd: ipc.CmdFds, Pid: int32(k.pid), Slot: int32(k.slot)}, b[:n])

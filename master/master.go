@@ -110,8 +110,9 @@ type Master struct {
 	targets []*kid // where new connections go, in round-robin order
 	rr      int
 	gen     int
-	serving int          // the newest generation all of whose children were ready
-	peerCh  *ipc.Channel // reads the children's ends of channels, to take back
+	now     func() time.Time // the clock; tests of decisions set their own
+	serving int              // the newest generation all of whose children were ready
+	peerCh  *ipc.Channel     // reads the children's ends of channels, to take back
 	slots   []slotState
 	cpus    []int
 
@@ -173,7 +174,7 @@ func start(cfg Config) (*Master, error) {
 	raiseNofile(cfg.Log)
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs(),
-		peerCh: ipc.NewChannel(-1)}
+		peerCh: ipc.NewChannel(-1), now: time.Now}
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, os.NewSyscallError("open /dev/null", err)
@@ -231,7 +232,7 @@ func (m *Master) Addr() string { return m.addr }
 
 func (m *Master) loop() error {
 	for {
-		m.observe(time.Now())
+		m.observe(m.now())
 		m.dispatch()
 		m.handleSignals()
 		now := time.Now()
