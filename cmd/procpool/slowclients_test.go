@@ -46,25 +46,29 @@ func obsPercentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 // obsLoad makes requests on conns, one goroutine per connection, paced by
-// gap, until d has passed or each connection has made limit requests. It
-// returns the latencies, sorted, and the first failure.
-func obsLoad(conns []*clientConn, d, gap time.Duration, limit int) ([]time.Duration, error) {
+// gap, until stop is closed or each connection has made limit requests. It
+// returns how many requests were answered and the first failure.
+func obsLoad(conns []*clientConn, stop <-chan struct{}, gap time.Duration, limit int) (int, error) {
 	var (
 		mu    sync.Mutex
-		lats  []time.Duration
+		total int
 		first error
 		wg    sync.WaitGroup
 	)
-	stop := time.Now().Add(d)
 	for i, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var mine []time.Duration
+			n := 0
 			var err error
-			for n := 0; n < limit && time.Now().Before(stop); n++ {
+		loop:
+			for ; n < limit; n++ {
+				select {
+				case <-stop:
+					break loop
+				default:
+				}
 				c.SetDeadline(time.Now().Add(ioTimeout))
-				start := time.Now()
 				var r *response
 				r, err = c.roundTrip("GET / HTTP/1.1\r\nHost: normal\r\n\r\n")
 				if err == nil && (r.status != 200 || r.body != helloBody || r.close) {
@@ -74,11 +78,10 @@ func obsLoad(conns []*clientConn, d, gap time.Duration, limit int) ([]time.Durat
 					err = fmt.Errorf("normal connection %d request %d: %v", i, n, err)
 					break
 				}
-				mine = append(mine, time.Since(start))
 				time.Sleep(gap)
 			}
 			mu.Lock()
-			lats = append(lats, mine...)
+			total += n
 			if first == nil {
 				first = err
 			}
@@ -86,8 +89,7 @@ func obsLoad(conns []*clientConn, d, gap time.Duration, limit int) ([]time.Durat
 		}()
 	}
 	wg.Wait()
-	slices.Sort(lats)
-	return lats, first
+	return total, first
 }
 
 // slowConn is one slow client.
@@ -101,19 +103,24 @@ type slowConn struct {
 	got    int       // bytes the server sent before closing
 }
 
-// TestSlowClients holds 2,000 connections that send a request header one
-// byte a second. Each must be closed by the server between -header-timeout
-// (3 s) and about a second and a half later (the sweep runs once a second),
-// and counted as a timeout; meanwhile a normal keep-alive client is served
-// with every request answered, and its latency is measured with and without
-// the slow clients.
+// TestSlowClients opens up to 2,000 connections (as many as it can in 5 s)
+// that send a request header one byte a second. Each must be closed by the
+// server, not before -header-timeout (3 s) has passed since its first byte,
+// and counted as a timeout; meanwhile normal keep-alive clients are served,
+// every request answered.
 //
-// Not parallel: it is the heaviest test of the package, and the latencies it
-// reports mean something only when it runs alone.
+// Not parallel: it is the heaviest test of the package.
 func TestSlowClients(t *testing.T) {
-	const slow = 2000
+	const (
+		slow          = 2000
+		headerTimeout = 3 * time.Second
+		// A slow connection not closed this long after its first byte was
+		// forgotten by the server. Only a bound on a hang: the sweep runs
+		// once a second.
+		forgotten = headerTimeout + 15*time.Second
+	)
 	obsRaiseNofile(t, 4200)
-	s := startServer(t, "-workers=2", "-header-timeout=3s", "-admin=127.0.0.1:0")
+	s := startServer(t, "-workers=2", "-header-timeout="+headerTimeout.String(), "-admin=127.0.0.1:0")
 	s.waitReady(2)
 	admin := obsAdminAddr(t, s)
 
@@ -122,22 +129,18 @@ func TestSlowClients(t *testing.T) {
 		normal[i] = s.dial(t)
 	}
 	const gap, perConn = 2 * time.Millisecond, 5000
-	base, err := obsLoad(normal, 1500*time.Millisecond, gap, perConn)
-	if err != nil {
-		t.Fatalf("without slow clients: %v", err)
-	}
 
 	// The slow clients: dial them all, each sending its first byte at once,
-	// while the normal client runs.
+	// while the normal clients run.
 	header := []byte("GET / HTTP/1.1\r\nHost: slow\r\nUser-Agent: slowloris\r\n\r\n")
 	conns := make([]*slowConn, 0, slow)
 	var readers sync.WaitGroup
-	var loaded []time.Duration
+	var served int
 	var loadErr error
-	loadDone := make(chan struct{})
+	loadStop, loadDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(loadDone)
-		loaded, loadErr = obsLoad(normal, 5500*time.Millisecond, gap, perConn)
+		served, loadErr = obsLoad(normal, loadStop, gap, perConn)
 	}()
 	dialStart := time.Now()
 	var dialErr error
@@ -158,8 +161,7 @@ func TestSlowClients(t *testing.T) {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			// Not closed 7 s after the first byte: the server forgot it.
-			sc.c.SetReadDeadline(sc.first.Add(7 * time.Second))
+			sc.c.SetReadDeadline(sc.first.Add(forgotten))
 			n, err := io.Copy(io.Discard, sc.c)
 			sc.end, sc.got = time.Now(), int(n)
 			if err == nil {
@@ -176,15 +178,15 @@ func TestSlowClients(t *testing.T) {
 		}
 	})
 
-	// One more byte a second on every connection still open, for at most
-	// six seconds after the last first byte.
-	trickleEnd := time.Now().Add(6 * time.Second)
+	// One more byte a second on every connection still open, until all are
+	// closed (never the blank line that ends the header).
+	trickleEnd := time.Now().Add(forgotten)
 	tick := time.NewTicker(time.Second)
 	for trickle := true; trickle && time.Now().Before(trickleEnd); {
 		<-tick.C
 		trickle = false
 		for _, sc := range conns {
-			if sc.closed.Load() || sc.sent >= len(header)-4 { // never the blank line that ends the header
+			if sc.closed.Load() || sc.sent >= len(header)-4 {
 				continue
 			}
 			trickle = true
@@ -196,17 +198,24 @@ func TestSlowClients(t *testing.T) {
 	}
 	tick.Stop()
 	readers.Wait()
+	close(loadStop)
 	<-loadDone
 	if dialErr != nil {
 		t.Fatal(dialErr)
 	}
 	if loadErr != nil {
-		t.Errorf("with slow clients: %v", loadErr)
+		t.Errorf("normal clients beside the slow ones: %v", loadErr)
+	}
+	if served == 0 {
+		t.Errorf("the normal clients made no request beside the slow ones")
+	}
+	if len(conns) < 100 {
+		t.Fatalf("only %d slow connections opened in %v: the test shows nothing", len(conns), dialed.Round(time.Millisecond))
 	}
 
 	// When the server closed them, after their first byte.
 	var after []time.Duration
-	var early, late, notClosed, sentData int
+	var early, notClosed, sentData int
 	for i, sc := range conns {
 		switch {
 		case !errors.Is(sc.err, io.EOF) && !isReset(sc.err):
@@ -220,11 +229,10 @@ func TestSlowClients(t *testing.T) {
 		}
 		d := sc.end.Sub(sc.first)
 		after = append(after, d)
-		switch {
-		case d < 3*time.Second:
+		// A few milliseconds of slack: the child keeps deadlines in wall
+		// time, the test measures in monotonic time.
+		if d < headerTimeout-5*time.Millisecond {
 			early++
-		case d > 5*time.Second:
-			late++
 		}
 	}
 	slices.Sort(after)
@@ -233,37 +241,26 @@ func TestSlowClients(t *testing.T) {
 			len(conns), dialed.Round(time.Millisecond), after[0].Round(time.Millisecond), after[len(after)-1].Round(time.Millisecond),
 			obsPercentile(after, 50).Round(time.Millisecond), slices.MaxFunc(conns, func(a, b *slowConn) int { return a.sent - b.sent }).sent)
 	}
-	if early > 0 || late > 0 || notClosed > 0 {
-		t.Errorf("of %d slow connections, %d were closed before 3 s, %d after 5 s, %d not at all", len(conns), early, late, notClosed)
+	if early > 0 || notClosed > 0 {
+		t.Errorf("of %d slow connections, %d were closed before the header timeout of %v, %d not at all", len(conns), early, headerTimeout, notClosed)
 	}
 	if sentData > 0 {
 		t.Logf("%d slow connections received data before the close", sentData)
 	}
+	t.Logf("normal clients: %d requests answered beside the slow clients", served)
 
 	// Every one of them counted as a timeout, and none is held any more.
 	var st obsStatus
-	if !pollFor(5*time.Second, func() bool {
+	if !pollFor(startTimeout, func() bool {
 		st = obsGetStatus(t, admin)
 		tot := st.totals()
-		return tot.timeouts == slow && tot.open == uint64(len(normal))
+		return tot.timeouts == uint64(len(conns)) && tot.open == uint64(len(normal))
 	}) {
 		tot := st.totals()
-		t.Errorf("/status: timeouts %d, open %d; want %d, %d", tot.timeouts, tot.open, slow, len(normal))
+		t.Errorf("/status: timeouts %d, open %d; want %d (the slow connections opened), %d", tot.timeouts, tot.open, len(conns), len(normal))
 	}
 	for _, c := range st.Children {
 		t.Logf("child %d: accepted %d timeouts %d open %d requests %d", c.Pid, c.Accepted, c.Timeouts, c.Open, c.Requests)
-	}
-
-	p := func(l []time.Duration, q float64) time.Duration {
-		return obsPercentile(l, q).Round(10 * time.Microsecond)
-	}
-	t.Logf("normal client without slow clients: %d requests, p50 %v p99 %v max %v", len(base), p(base, 50), p(base, 99), p(base, 100))
-	t.Logf("normal client with %d slow clients:  %d requests, p50 %v p99 %v max %v", len(conns), len(loaded), p(loaded, 50), p(loaded, 99), p(loaded, 100))
-	if len(base) == 0 || len(loaded) == 0 {
-		t.Fatalf("the normal client made %d and %d requests", len(base), len(loaded))
-	}
-	if p99 := obsPercentile(loaded, 99); p99 > 200*time.Millisecond {
-		t.Errorf("p99 latency of the normal client with slow clients is %v, want under 200ms", p99)
 	}
 	if r := s.get(t, "/"); r.status != 200 {
 		t.Errorf("GET / after the slow clients: %d", r.status)
