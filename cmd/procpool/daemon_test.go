@@ -288,8 +288,9 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Fatalf("no new log file at %s after -s reopen", d.logPath)
 	}
 	// The running children reopen theirs too (SIGUSR1 reaches every
-	// child): their stderr moves to the new file, while they run, before
-	// the reload below replaces them.
+	// child): their stderr, and their stdout, which was the log too, move
+	// to the new file, while they run, before the reload below replaces
+	// them.
 	var where map[int]string
 	if !pollFor(startTimeout, func() bool {
 		where = map[int]string{}
@@ -299,13 +300,13 @@ func TestDaemonLifecycle(t *testing.T) {
 			if err != nil {
 				where[pid] = err.Error()
 			} else {
-				where[pid] = fds[2]
+				where[pid] = fds[1] + " " + fds[2]
 			}
-			ok = ok && where[pid] == d.logPath
+			ok = ok && where[pid] == d.logPath+" "+d.logPath
 		}
 		return ok
 	}) {
-		t.Errorf("after -s reopen the running children's stderr: %v, want %s for each", where, d.logPath)
+		t.Errorf("after -s reopen the running children's stdout and stderr: %v, want %s for each", where, d.logPath)
 	}
 	if code, stderr := runToExit(t, "-s", "reload", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s reload exited %d: %s", code, stderr)
@@ -316,8 +317,10 @@ func TestDaemonLifecycle(t *testing.T) {
 	if b, _ := os.ReadFile(rotated); strings.Contains(string(b), "reload begun") {
 		t.Errorf("the rotated log got lines after -s reopen:\n%s", b)
 	}
-	if fds, err := fdTargets(pid); err != nil || fds[2] != d.logPath {
-		t.Errorf("daemon stderr after reopen -> %q (%v), want %s", fds[2], err, d.logPath)
+	// stdout too: a daemon's fds 1 and 2 are both the log, and neither may
+	// keep the rotated file open.
+	if fds, err := fdTargets(pid); err != nil || fds[1] != d.logPath || fds[2] != d.logPath {
+		t.Errorf("daemon stdout, stderr after reopen -> %q, %q (%v), want %s", fds[1], fds[2], err, d.logPath)
 	}
 	var gen1 []int
 	if !pollFor(5*time.Second, func() bool {

@@ -159,3 +159,67 @@ func TestReuseportPortTaken(t *testing.T) {
 			first.addr, code, stderr)
 	}
 }
+
+// TestUsageMessages: every mistake on the command line or in the config
+// file is one line on stderr that names the flag and what it wants, and
+// exit status 2. Mistakes of syntax add where the flags are listed.
+func TestUsageMessages(t *testing.T) {
+	t.Parallel()
+	zeroWord := writeConfig(t, "workers = 2\nworkers = zero\n")
+	zeroTimeout := writeConfig(t, "# quick\nidle-timeout = 0s\n")
+	const h = " (procpool -h lists the flags)"
+	const noAuth = "the admin listener has no authentication: give a loopback address or unix:PATH, or add -admin-public"
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-workers", "abc"}, `-workers: want a whole number, got "abc"` + h},
+		{[]string{"-workers=99999999999999999999"}, `-workers: "99999999999999999999" is out of range` + h},
+		{[]string{"-grace", "10"}, `-grace: want a duration with a unit, such as 10s, 500ms or 1m30s, got "10"` + h},
+		{[]string{"-bogus"}, "unknown flag -bogus" + h},
+		{[]string{"-listen"}, "-listen needs a value" + h},
+		{[]string{"-affinity", "false"}, "-affinity is a boolean flag: write -affinity=false, not -affinity false" + h},
+		{[]string{"-affinity=maybe"}, `-affinity: want true or false, got "maybe"` + h},
+		{[]string{"serve"}, `unexpected argument "serve": flags come before any other argument, and procpool takes none` + h},
+		{[]string{"-idle-timeout", "0"}, "-idle-timeout: must be positive, got 0s"},
+		{[]string{"-header-timeout=-1s"}, "-header-timeout: must be positive, got -1s"},
+		{[]string{"-max-headers", "0"}, "-max-headers: want 1 to 65536 fields, got 0"},
+		{[]string{"-max-request-line", "10"}, "-max-request-line: want 64 to 1048576 bytes, got 10"},
+		{[]string{"-workers", "0"}, "-workers: want 1 to 1024, got 0"},
+		{[]string{"-admin", "nohost"}, `-admin: want host:port or unix:PATH, got "nohost"`},
+		{[]string{"-admin", "unix:"}, `-admin: want host:port or unix:PATH, got "unix:"`},
+		{[]string{"-admin", ":9091"}, "-admin :9091 listens on every address, and " + noAuth},
+		{[]string{"-admin", "0.0.0.0:9091"}, "-admin 0.0.0.0:9091 listens on every address, and " + noAuth},
+		{[]string{"-admin", "10.1.2.3:9091"}, "-admin 10.1.2.3:9091 is not a loopback address, and " + noAuth},
+		{[]string{"-admin", "example.com:9091"}, `-admin example.com:9091: "example.com" is not a loopback address, and ` + noAuth},
+		{[]string{"-config", zeroWord}, "config " + zeroWord + ` line 2: workers: want a whole number, got "zero"`},
+		{[]string{"-config", zeroTimeout}, "config " + zeroTimeout + " line 2: -idle-timeout: must be positive, got 0s"},
+		{[]string{"-s", "restart"}, `-s: want stop, quit, reload, reopen, upgrade or status, got "restart"`},
+		{[]string{"-s", "status"}, "-s status reads the table from the admin listener: give -admin (or admin = in -config)"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			// Never the default port, should the bad usage go unnoticed.
+			args := append([]string{"-listen=127.0.0.1:0"}, tt.args...)
+			code, stderr := runToExit(t, args...)
+			if want := "procpool: " + tt.want + "\n"; code != 2 || stderr != want {
+				t.Errorf("procpool %v:\n got status %d, stderr %q\nwant status 2, stderr %q", args, code, stderr, want)
+			}
+		})
+	}
+}
+
+// TestHelp: -h prints the usage, with every flag, and exits 0.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	code, stderr := runToExit(t, "-h")
+	if code != 0 || !strings.HasPrefix(stderr, "Usage of procpool:\n") {
+		t.Fatalf("-h: status %d, stderr:\n%s", code, stderr)
+	}
+	for _, flag := range []string{"-admin-public", "-s string", "-workers int"} {
+		if !strings.Contains(stderr, "\n  "+flag) {
+			t.Errorf("-h does not list %s:\n%s", flag, stderr)
+		}
+	}
+}

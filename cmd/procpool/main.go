@@ -41,6 +41,7 @@ func run(args []string, stderr io.Writer) int {
 		return exitFatal
 	}
 	if slot, ok := master.ChildSlot(); ok {
+		setComm(fmt.Sprintf("procpool/%d", slot))
 		return runChild(s, slot, stderr)
 	}
 	return runMaster(s, stderr)
@@ -54,34 +55,50 @@ func runMaster(s *settings, stderr io.Writer) int {
 	if s.daemon && os.Getenv(master.EnvDaemonFd) == "" && !upgraded {
 		return master.Daemonize(s.logPath, stderr)
 	}
+	setComm("procpool")
 	report := master.DaemonReporter() // nil unless we are the detached master
+	// Once -log moves stderr to a file, a reason to stop still reaches the
+	// terminal the master was started from, if it has one; a detached
+	// master's reaches it through report.
+	term := terminal(stderr, s.logPath)
+	defer term.Close()
 	fail := func(status int, err error) int {
 		fmt.Fprintf(stderr, "procpool: %v\n", err)
+		if term != nil {
+			fmt.Fprintf(term, "procpool: %v\n", err)
+		}
 		if report != nil {
 			report(err)
 		}
 		return status
 	}
 	if err := openLog(s.logPath); err != nil {
+		term.Close()
+		term = nil // stderr is still where it was
 		return fail(exitFailure, fmt.Errorf("-log: %w", err))
 	}
 	cfg, err := s.masterConfig()
 	if err != nil {
 		return fail(exitFatal, err)
 	}
+	// What would make every child fail at its start is checked before
+	// forking any: the access log, opened as the children's user.
+	if err := s.checkChildFiles(cfg.Credential); err != nil {
+		return fail(exitFailure, err)
+	}
 
 	// The pidfile: taken at start, or, after an upgrade, once the old master
 	// lets go of it (it does when we report ready).
-	var pf pidfileHolder
-	if (s.daemon || s.pidfileSet) && !upgraded {
-		p, err := master.CreatePidfile(s.pidfile)
-		if err != nil {
+	var pf *master.Pidfile
+	if s.daemon || s.pidfileSet {
+		if upgraded {
+			pf = master.PendingPidfile(s.pidfile)
+		} else if pf, err = master.CreatePidfile(s.pidfile); err != nil {
 			return fail(exitFailure, err)
 		}
-		pf.set(p)
-		cfg.Pidfile = p
+		cfg.Pidfile = pf
+		defer pf.Remove()
 	}
-	defer pf.remove()
 
 	upgradeReport := upgradeReporter()
 	cfg.Ready = func(addr string) {
@@ -90,15 +107,33 @@ func runMaster(s *settings, stderr io.Writer) int {
 		}
 		if upgradeReport != nil {
 			upgradeReport()
-			if s.daemon || s.pidfileSet {
-				go pf.take(s.pidfile)
+			if pf != nil {
+				go takePidfile(pf)
 			}
+		}
+		if pf == nil {
+			cfg.Log.Info("no -pidfile: procpool -s cannot find this master; signal it by pid, or start it with -pidfile FILE",
+				"pid", os.Getpid())
 		}
 	}
 	if err := master.Run(cfg); err != nil {
+		if errors.Is(err, master.ErrChildrenFailed) {
+			err = fmt.Errorf("%w, so the master stopped; %s", err, s.childErrorsAt())
+		}
 		return fail(exitFailure, err)
 	}
 	return exitOK
+}
+
+// childErrorsAt says where the children's errors went.
+func (s *settings) childErrorsAt() string {
+	switch {
+	case s.logPath != "":
+		return "their errors are in " + s.logPath
+	case s.daemon:
+		return "their errors went to /dev/null: give -log FILE to keep them"
+	}
+	return "their errors are above"
 }
 
 func (s *settings) masterConfig() (master.Config, error) {
@@ -120,18 +155,27 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Args:       s.childArgs(),
 		Exe:        exe,
 		MasterArgs: s.args,
-		Reopen:     func() error { return openLog(s.logPath) },
+		Reopen:     func() error { return reopenLog(s.logPath) },
 		Reload: func() (master.Config, error) {
 			n, err := parseSettings(s.args, io.Discard)
 			if err != nil {
 				return master.Config{}, err
 			}
-			return n.masterConfig()
+			cfg, err := n.masterConfig()
+			if err == nil {
+				err = n.checkChildFiles(cfg.Credential)
+			}
+			return cfg, err
 		},
 	}
+	cfg.AdminPublic = s.public
 	if fd := inheritedFd(); fd > 0 {
 		cfg.ListenFd = fd
 	} else if fd := master.ActivatedListener(); fd > 0 {
+		if s.mode == master.ModeReuseport {
+			return cfg, &usageError{msg: "socket activation works in fdpass mode only: in reuseport mode every child " +
+				"binds its own SO_REUSEPORT socket, and the listening socket systemd passes cannot be shared with them"}
+		}
 		cfg.ListenFd = fd
 	}
 	if s.user != "" {
@@ -155,6 +199,11 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		MaxConns: s.maxConns,
 	}
 	if s.access != "" {
+		// child.OpenAccessLog follows links; the check opens without.
+		if err := checkWritable(s.access, nil); err != nil {
+			fmt.Fprintf(stderr, "procpool child %d: -access-log: %v\n", slot, err)
+			return exitFatal
+		}
 		alog, err := child.OpenAccessLog(s.access)
 		if err != nil {
 			fmt.Fprintf(stderr, "procpool child %d: -access-log: %v\n", slot, err)
@@ -163,8 +212,14 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		cfg.AccessLog = alog
 	}
 	cfg.Reopen = func() {
-		openLog(s.logPath)
+		if err := reopenLog(s.logPath); err != nil {
+			fmt.Fprintf(os.Stderr, "procpool child %d: reopen -log: %v\n", slot, err)
+		}
 		if cfg.AccessLog != nil {
+			if err := checkWritable(s.access, nil); err != nil {
+				fmt.Fprintf(os.Stderr, "procpool child %d: reopen -access-log: %v\n", slot, err)
+				return
+			}
 			cfg.AccessLog.Reopen()
 		}
 	}

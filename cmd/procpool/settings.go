@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -36,6 +39,7 @@ type settings struct {
 	logPath  string
 	user     string
 	admin    string
+	public   bool // -admin-public
 	logJSON  bool
 	access   string
 	dispatch string
@@ -87,36 +91,45 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.logPath, "log", "", "lifecycle and error log `file` (default stderr); reopened on SIGUSR1")
 	fs.StringVar(&s.user, "user", "", "run children as this `user` (the master must start as root; fdpass mode)")
 	fs.StringVar(&s.admin, "admin", "", "`address` of the status listener: GET /status (JSON), GET /metrics (Prometheus); host:port on loopback or unix:/path")
+	fs.BoolVar(&s.public, "admin-public", false, "let -admin listen on an address beyond loopback (it has no authentication: firewall it)")
 	fs.StringVar(&s.access, "access-log", "", "append one combined-format line per request to `file`, buffered in each child; reopened on SIGUSR1")
 	fs.BoolVar(&s.logJSON, "log-json", false, "write the lifecycle log as JSON lines instead of text")
 	fs.StringVar(&s.dispatch, "dispatch", master.DispatchRR, "order in which the master deals connections: rr (round-robin) or least (fewest outstanding)")
 	fs.DurationVar(&s.stall, "stall", master.DefaultStall, "a child with connections waiting and no progress for this long is dealt nothing and its queue is taken back (0: off)")
 	fs.DurationVar(&s.watchdog, "watchdog", 0, "kill and replace a child stalled for longer than this, logging the request it is stuck in (0: never)")
-	fs.StringVar(&s.signal, "s", "", "act on the running master: stop, quit, reload, reopen, upgrade (signals, found through -pidfile), status (the table, read from -admin)")
+	fs.StringVar(&s.signal, "s", "", "act on the running master found through -pidfile: stop, quit (wait until it has exited, up to -grace plus 5s), reload (wait for its verdict), reopen, upgrade; status (the table, read from -admin)")
 	return fs
 }
 
 // parseSettings applies the command line, then the config file for every key
-// the command line did not set, then validates the result.
+// the command line did not set, then validates the result. -h prints the
+// usage to stderr; any other mistake is one line, returned.
 func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	s := &settings{args: args}
 	fs := newFlagSet(s)
 	s.fs = fs
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // the flag package calls it on errors too
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "Usage of procpool:\n")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
 			return nil, err
 		}
-		return nil, &usageError{msg: err.Error()}
+		return nil, &usageError{msg: flagError(fs, err) + hint}
 	}
 	if fs.NArg() > 0 {
-		return nil, &usageError{msg: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+		return nil, &usageError{msg: strayArgument(fs, args) + hint}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	lines := map[string]int{} // the config line that set each key
+	if s.signal != "" {
+		return s, s.controlSettings(set, lines)
+	}
 	if s.config != "" {
-		if err := applyConfig(fs, s.config, set, lines); err != nil {
+		if err := applyConfig(fs, s.config, set, lines, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -132,9 +145,106 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	return s, nil
 }
 
+// hint ends a message about the command line's syntax.
+const hint = " (procpool -h lists the flags)"
+
+// controlSettings completes the settings of `procpool -s`: it needs only
+// what finds the master (-pidfile), how long to wait for it (-grace) and,
+// for status, -admin. From -config it reads those keys alone, so that a
+// config file broken elsewhere still lets -s stop a master.
+func (s *settings) controlSettings(set map[string]bool, lines map[string]int) error {
+	if s.config != "" {
+		only := map[string]bool{"pidfile": true, "grace": true, "admin": true}
+		if err := applyConfig(s.fs, s.config, set, lines, only); err != nil {
+			return err
+		}
+	}
+	bad := func(flag, format string, a ...any) error {
+		err := &usageError{msg: fmt.Sprintf(format, a...), flag: flag}
+		if lines[flag] > 0 {
+			err.msg = fmt.Sprintf("config %s line %d: %s", s.config, lines[flag], err.msg)
+		}
+		return err
+	}
+	switch _, ok := master.SignalByName(s.signal); {
+	case s.signal == "status" && s.admin == "":
+		return bad("s", "-s status reads the table from the admin listener: give -admin (or admin = in -config)")
+	case s.signal != "status" && !ok:
+		return bad("s", "-s: want stop, quit, reload, reopen, upgrade or status, got %q", s.signal)
+	case s.grace < 0:
+		return bad("grace", "-grace: must not be negative, got %v", s.grace)
+	}
+	return nil
+}
+
+// flagError rewords an error of the flag package as one line that names
+// the flag and what it wants.
+func flagError(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if m := reBadValue.FindStringSubmatch(msg); m != nil {
+		value, _ := strconv.Unquote(m[1])
+		return "-" + valueError(fs, m[2], value, errors.New(m[3]))
+	}
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown flag -" + name
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return "-" + name + " needs a value"
+	}
+	return msg
+}
+
+// reBadValue matches the flag package's "invalid value" errors, for bools
+// ("invalid boolean value ... for -x") and the rest ("... for flag -x").
+var reBadValue = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-([^:]+): (.*)$`)
+
+// valueError says what the flag called name wants, given the value that
+// did not parse: "workers: want a whole number, got "abc"".
+func valueError(fs *flag.FlagSet, name, value string, err error) string {
+	var want string
+	f := fs.Lookup(name)
+	var v any
+	if g, ok := f.Value.(flag.Getter); ok {
+		v = g.Get()
+	}
+	switch v.(type) {
+	case bool:
+		want = "want true or false"
+	case time.Duration:
+		want = "want a duration with a unit, such as 10s, 500ms or 1m30s"
+	case int, int64, uint, uint64:
+		want = "want a whole number"
+		if strings.Contains(err.Error(), "out of range") {
+			return fmt.Sprintf("%s: %q is out of range", name, value)
+		}
+	default:
+		want = err.Error()
+	}
+	return fmt.Sprintf("%s: %s, got %q", name, want, value)
+}
+
+// strayArgument explains the first argument that is not a flag. The usual
+// cause is a boolean flag given a separate value: -affinity false.
+func strayArgument(fs *flag.FlagSet, args []string) string {
+	stray := fs.Arg(0)
+	i := len(args) - fs.NArg()
+	if i > 0 {
+		prev := strings.TrimLeft(args[i-1], "-")
+		if f := fs.Lookup(prev); f != nil && !strings.Contains(prev, "=") {
+			if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+				if _, err := strconv.ParseBool(stray); err == nil {
+					return fmt.Sprintf("-%s is a boolean flag: write -%s=%s, not -%s %s", prev, prev, stray, prev, stray)
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("unexpected argument %q: flags come before any other argument, and procpool takes none", stray)
+}
+
 // applyConfig reads key = value lines; # starts a comment. It records in
-// lines the line number of each key it applies.
-func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool, lines map[string]int) error {
+// lines the line number of each key it applies. With only set, it applies
+// only those keys and passes over every other line, good or bad.
+func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool, lines map[string]int, only map[string]bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return &usageError{msg: fmt.Sprintf("config: %v", err)}
@@ -155,6 +265,9 @@ func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool, lines map[
 		bad := func(why string) error {
 			return &usageError{msg: fmt.Sprintf("config %s line %d: %s", path, n, why)}
 		}
+		if only != nil && (!ok || !only[key]) {
+			continue
+		}
 		switch {
 		case !ok || key == "":
 			return bad(fmt.Sprintf("want key = value, got %q", line))
@@ -164,7 +277,7 @@ func applyConfig(fs *flag.FlagSet, path string, skip map[string]bool, lines map[
 			continue
 		}
 		if err := fs.Set(key, value); err != nil {
-			return bad(fmt.Sprintf("%s: %v", key, err))
+			return bad(valueError(fs, key, value, err))
 		}
 		lines[key] = n
 
@@ -181,7 +294,6 @@ func (s *settings) validate() error {
 	bad := func(flag, format string, a ...any) error {
 		return &usageError{msg: fmt.Sprintf(format, a...), flag: flag}
 	}
-	const timeouts = "timeouts must be positive"
 	switch {
 	case s.mode != master.ModeFdpass && s.mode != master.ModeReuseport:
 		return bad("mode", "-mode: want fdpass or reuseport, got %q", s.mode)
@@ -214,15 +326,15 @@ func (s *settings) validate() error {
 	case s.limits.MaxBody < 0 || s.limits.MaxBody > child.MaxLimits.MaxBody:
 		return bad("max-body", "-max-body: want 0 to %d bytes, got %d", child.MaxLimits.MaxBody, s.limits.MaxBody)
 	case s.timeouts.Header <= 0:
-		return bad("header-timeout", timeouts)
+		return bad("header-timeout", "-header-timeout: must be positive, got %v", s.timeouts.Header)
 	case s.timeouts.Body <= 0:
-		return bad("body-timeout", timeouts)
+		return bad("body-timeout", "-body-timeout: must be positive, got %v", s.timeouts.Body)
 	case s.timeouts.Idle <= 0:
-		return bad("idle-timeout", timeouts)
+		return bad("idle-timeout", "-idle-timeout: must be positive, got %v", s.timeouts.Idle)
 	case s.timeouts.Write <= 0:
-		return bad("write-timeout", timeouts)
+		return bad("write-timeout", "-write-timeout: must be positive, got %v", s.timeouts.Write)
 	case s.timeouts.Linger <= 0:
-		return bad("linger-timeout", timeouts)
+		return bad("linger-timeout", "-linger-timeout: must be positive, got %v", s.timeouts.Linger)
 	}
 	if _, _, err := splitAddr(s.listen); err != nil {
 		return bad("listen", "-listen: %v", err)
@@ -230,13 +342,43 @@ func (s *settings) validate() error {
 	if s.user != "" && s.mode == master.ModeReuseport {
 		return bad("user", "-user works in fdpass mode only: the kernel lets only the same user join a SO_REUSEPORT group")
 	}
-	if s.signal != "" && s.signal != "status" {
-		if _, ok := master.SignalByName(s.signal); !ok {
-			return bad("s", "-s: want stop, quit, reload, reopen, upgrade or status, got %q", s.signal)
+	if s.admin != "" {
+		if err := checkAdmin(s.admin, s.public); err != nil {
+			return bad("admin", "%v", err)
 		}
 	}
-	if s.signal == "status" && s.admin == "" {
-		return bad("s", "-s status reads the table from the admin listener: give -admin (or admin = in -config)")
+	return nil
+}
+
+// checkAdmin checks -admin: unix:PATH, or host:port where the host is a
+// loopback address unless public allows any.
+func checkAdmin(addr string, public bool) error {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" {
+			return fmt.Errorf("-admin: want host:port or unix:PATH, got %q", addr)
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("-admin: want host:port or unix:PATH, got %q", addr)
+	}
+	if public {
+		return nil
+	}
+	const why = "the admin listener has no authentication: give a loopback address or unix:PATH, or add -admin-public"
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case host == "localhost":
+		return nil
+	case host == "":
+		return fmt.Errorf("-admin %s listens on every address, and %s", addr, why)
+	case err != nil:
+		return fmt.Errorf("-admin %s: %q is not a loopback address, and %s", addr, host, why)
+	case ip.IsUnspecified():
+		return fmt.Errorf("-admin %s listens on every address, and %s", addr, why)
+	case !ip.Unmap().IsLoopback():
+		return fmt.Errorf("-admin %s is not a loopback address, and %s", addr, why)
 	}
 	return nil
 }
