@@ -268,7 +268,7 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Errorf("pidfile holds %d after a refused second start, want %d", got, pid)
 	}
 	// The refused master exits by itself.
-	if !pollFor(5*time.Second, func() bool {
+	if !pollFor(startTimeout, func() bool {
 		l := sigProcsWith(d.pidfile)
 		return len(l) == 1 && l[0].pid == pid
 	}) {
@@ -284,7 +284,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if code, stderr := runToExit(t, "-s", "reopen", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s reopen exited %d: %s", code, stderr)
 	}
-	if !pollFor(5*time.Second, func() bool { _, err := os.Stat(d.logPath); return err == nil }) {
+	if !pollFor(startTimeout, func() bool { _, err := os.Stat(d.logPath); return err == nil }) {
 		t.Fatalf("no new log file at %s after -s reopen", d.logPath)
 	}
 	// The running children reopen theirs too (SIGUSR1 reaches every
@@ -323,7 +323,7 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Errorf("daemon stdout, stderr after reopen -> %q, %q (%v), want %s", fds[1], fds[2], err, d.logPath)
 	}
 	var gen1 []int
-	if !pollFor(5*time.Second, func() bool {
+	if !pollFor(startTimeout, func() bool {
 		gen1 = d.trackKids()
 		return len(gen1) == 2 && !slices.Contains(gen1, gen0[0]) && !slices.Contains(gen1, gen0[1])
 	}) {
@@ -348,10 +348,10 @@ func TestDaemonLifecycle(t *testing.T) {
 	if !pollFor(stopTimeout, func() bool { return !master.alive() }) {
 		t.Fatalf("daemon %d still running after -s stop", pid)
 	}
-	if !pollFor(2*time.Second, func() bool { _, err := os.Stat(d.pidfile); return errors.Is(err, os.ErrNotExist) }) {
+	if !pollFor(startTimeout, func() bool { _, err := os.Stat(d.pidfile); return errors.Is(err, os.ErrNotExist) }) {
 		t.Errorf("pidfile %s still there after the daemon stopped", d.pidfile)
 	}
-	if !pollFor(2*time.Second, func() bool {
+	if !pollFor(startTimeout, func() bool {
 		for _, k := range kids {
 			if k.alive() {
 				return false
@@ -361,7 +361,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	}) {
 		t.Errorf("children of the daemon still alive after it stopped")
 	}
-	if sigFileHas(d.logPath, regexp.MustCompile(`msg="master stopped"`), 2*time.Second) == nil {
+	if sigFileHas(d.logPath, regexp.MustCompile(`msg="master stopped"`), startTimeout) == nil {
 		t.Errorf("no stop in the log")
 	}
 

@@ -198,7 +198,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 		// Let the load go on across the old generation's drain before the
 		// next reload; a stall here is a failure of its own.
-		if !load.progress(200, 5*time.Second) {
+		if !load.progress(200, startTimeout) {
 			t.Fatalf("no progress of the load after reload %d: %d answered, %d failed", gen, load.ok.Load(), load.failed.Load())
 		}
 	}
@@ -270,7 +270,7 @@ func TestReloadBadConfig(t *testing.T) {
 		t.Fatalf("generation 1 has ready children %v, want slots 0, 1 and 2", after)
 	}
 	want := sortedPids(after)
-	if got, ok := s.sigWaitChildren(want, 5*time.Second); !ok {
+	if got, ok := s.sigWaitChildren(want, startTimeout); !ok {
 		t.Errorf("children after the reload %v, want the three new %v (old %v gone)", got, want, before)
 	}
 }
@@ -316,7 +316,7 @@ func sigStopAdopted(t *testing.T, id procID) {
 		t.Errorf("master %d still alive %v after SIGTERM; killing it", id.pid, stopTimeout)
 		syscall.Kill(id.pid, syscall.SIGKILL)
 	}
-	if !pollFor(2*time.Second, func() bool {
+	if !pollFor(startTimeout, func() bool {
 		for _, k := range ids {
 			if k.alive() {
 				return false
@@ -413,7 +413,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if !pollFor(stopTimeout, func() bool { return !adopted.alive() }) {
 		t.Fatalf("new master %d still alive after -s stop", newPid)
 	}
-	if !pollFor(2*time.Second, func() bool { _, err := os.Stat(pidfile); return errors.Is(err, os.ErrNotExist) }) {
+	if !pollFor(startTimeout, func() bool { _, err := os.Stat(pidfile); return errors.Is(err, os.ErrNotExist) }) {
 		t.Errorf("pidfile %s left after the new master stopped", pidfile)
 	}
 }

@@ -220,7 +220,7 @@ func TestGracefulStopHalfBody(t *testing.T) {
 	// Wait until a child holds the connection and has read all of it.
 	peer := half.LocalAddr().(*net.TCPAddr).Port
 	holder := 0
-	read := pollFor(5*time.Second, func() bool {
+	read := pollFor(startTimeout, func() bool {
 		ino, rx, found, err := sigServerSocket(s.port, peer)
 		if err != nil {
 			t.Fatal(err)
@@ -257,7 +257,7 @@ func TestGracefulStopHalfBody(t *testing.T) {
 	}
 
 	// The drain closes the idle connection.
-	if err := idle.waitClosed(5 * time.Second); err != nil {
+	if err := idle.waitClosed(ioTimeout); err != nil {
 		t.Errorf("idle keep-alive connection during the drain: %v", err)
 	}
 	t.Logf("idle connection closed %v after SIGTERM", time.Since(signalled).Round(time.Millisecond))
@@ -279,7 +279,7 @@ func TestGracefulStopHalfBody(t *testing.T) {
 	if !r.close { // net/http's reader takes Connection: close out of the header into this
 		t.Errorf("response during the drain does not say Connection: close")
 	}
-	if err := half.waitClosed(5 * time.Second); err != nil {
+	if err := half.waitClosed(ioTimeout); err != nil {
 		t.Errorf("connection after the last response of the drain: %v", err)
 	}
 
@@ -291,7 +291,7 @@ func TestGracefulStopHalfBody(t *testing.T) {
 	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("master exited with %v after SIGTERM, want status 0", s.cmd.ProcessState)
 	}
-	gone := pollFor(2*time.Second, func() bool {
+	gone := pollFor(startTimeout, func() bool {
 		for _, id := range ids {
 			if id.alive() {
 				return false
@@ -530,7 +530,7 @@ func TestTTINTTOU(t *testing.T) {
 	}
 	three := append(slices.Clone(pids), added.pid)
 	slices.Sort(three)
-	if got, ok := s.sigWaitChildren(three, 5*time.Second); !ok {
+	if got, ok := s.sigWaitChildren(three, startTimeout); !ok {
 		t.Fatalf("children after SIGTTIN %v, want %v", got, three)
 	}
 	if r := s.get(t, "/"); r.status != 200 {
@@ -538,12 +538,12 @@ func TestTTINTTOU(t *testing.T) {
 	}
 
 	s.sigSignal(syscall.SIGTTOU)
-	if got, ok := s.sigWaitChildren(pids, 5*time.Second); !ok {
+	if got, ok := s.sigWaitChildren(pids, startTimeout); !ok {
 		t.Fatalf("children after SIGTTOU %v, want %v (the slot 2 child %d retired)", got, pids, added.pid)
 	}
 	s.sigSignal(syscall.SIGTTOU)
 	one := []int{kids[0].pid} // slot 1 goes
-	if got, ok := s.sigWaitChildren(one, 5*time.Second); !ok {
+	if got, ok := s.sigWaitChildren(one, startTimeout); !ok {
 		t.Fatalf("children after a second SIGTTOU %v, want %v", got, one)
 	}
 	for i := range 4 {
