@@ -155,10 +155,9 @@ func writeReloadOutcome(pidfile string, o ReloadOutcome) error {
 	return nil
 }
 
-// removeReloadOutcome deletes the reload file when the master that wrote
-// it lets go of the pidfile for good.
+// removeReloadOutcome deletes the reload file with the pidfile, whichever
+// master wrote it last (after an upgrade, maybe the old one): once the
+// pidfile is removed, no master answers through it.
 func removeReloadOutcome(pidfile string) {
-	if o, err := ReadReloadOutcome(pidfile); err == nil && o.Pid == os.Getpid() {
-		unix.Unlink(pidfile + ReloadSuffix)
-	}
+	unix.Unlink(pidfile + ReloadSuffix)
 }
