@@ -130,7 +130,12 @@ func (d *sigDaemon) cleanup() {
 		t.Errorf("daemon %d still running at the end of the test; stopping it", m.pid)
 		sigStopAdopted(t, m)
 	}
-	for _, id := range sigProcsWith(d.pidfile) {
+	// A start that failed (a second start, a detached master that could
+	// not serve) may still be on its way out when the command that
+	// reported the failure returns: it has a while to exit by itself.
+	var left []procID
+	pollFor(stopTimeout, func() bool { left = sigProcsWith(d.pidfile); return len(left) == 0 })
+	for _, id := range left {
 		t.Errorf("process %d with pidfile %s still running at the end of the test; stopping it", id.pid, d.pidfile)
 		sigStopAdopted(t, id)
 	}
