@@ -144,3 +144,68 @@ func TestHugeLimitsAreClamped(t *testing.T) {
 		t.Fatalf("GET beside a request announcing the largest body: %d", r.status)
 	}
 }
+
+// oneByteChunks is a chunked POST to /echo of body in 1-byte chunks.
+func oneByteChunks(body []byte) []byte {
+	b := []byte("POST /echo HTTP/1.1\r\n" + hostLine + "Transfer-Encoding: chunked\r\n\r\n")
+	for _, c := range body {
+		b = append(b, '1', '\r', '\n', c, '\r', '\n')
+	}
+	return append(b, "0\r\n\r\n"...)
+}
+
+// The body limit counts the decoded body, the framing has its own bound: a
+// 400 KB body in 1-byte chunks (2.4 MB on the wire) is under the default
+// 1 MiB limit and is served.
+func TestChunkedOneByteChunksUnderMaxBody(t *testing.T) {
+	p := newPairConn(t, newTestRoutes(), DefaultLimits)
+	body := bigBody()[:400_000]
+	p.send(t, oneByteChunks(body))
+	all := responsesIn(t, p.out)
+	if len(all) != 1 || all[0].status != 200 || !bytes.Equal(all[0].body, body) {
+		t.Fatalf("%d responses, status %d: want the 400 KB echo", len(all), all[0].status)
+	}
+}
+
+// A chunked body that arrives a little at a time is decoded where the last
+// read stopped: the decoder's work is linear in the input, not in the input
+// times the number of reads. (1 MiB of 1-byte chunks in 1 KiB reads.)
+func TestChunkedDecodeWorkIsLinear(t *testing.T) {
+	p := newPairConn(t, newTestRoutes(), DefaultLimits)
+	body := bigBody()[:(1<<20)/6]
+	req := oneByteChunks(body)
+	for i := 0; i < len(req); i += 1 << 10 {
+		p.send(t, req[i:min(i+1<<10, len(req))])
+	}
+	all := responsesIn(t, p.out)
+	if len(all) != 1 || all[0].status != 200 || !bytes.Equal(all[0].body, body) {
+		t.Fatalf("%d responses: want the echo of %d bytes", len(all), len(body))
+	}
+	if work := p.c.body.work; work > 3*int64(len(req)) {
+		t.Errorf("the decoder worked through %d bytes for a %d-byte request sent in 1 KiB reads, want at most 3 per byte",
+			work, len(req))
+	}
+	// The same at the parser, against the request parsed whole.
+	if problem := checkFed(req, splitEvery(req, 1<<10), DefaultLimits); problem != "" {
+		t.Error(problem)
+	}
+}
+
+// BenchmarkChunkedOneByteChunks1KiBReads is the cost to a child of 1 MiB of
+// 1-byte chunks arriving in 1 KiB reads: the session's reads, decoding and
+// answer, plus the test's 1024 writes and its read of the echo.
+func BenchmarkChunkedOneByteChunks1KiBReads(b *testing.B) {
+	p := newPairConn(b, newTestRoutes(), DefaultLimits)
+	body := bigBody()[:(1<<20)/6]
+	req := oneByteChunks(body)
+	b.SetBytes(int64(len(req)))
+	for b.Loop() {
+		p.out = p.out[:0]
+		for i := 0; i < len(req); i += 1 << 10 {
+			p.send(b, req[i:min(i+1<<10, len(req))])
+		}
+		if len(p.out) < len(body) {
+			b.Fatalf("%d bytes of answer", len(p.out))
+		}
+	}
+}

@@ -16,6 +16,8 @@ type conn struct {
 	after verdict
 
 	need       int        // len(in) below which parsing cannot succeed
+	body       bodyState  // a chunked body in progress, decoded as it arrives
+	borrowed   bool       // the input is a caller's (Exchanger): parse only whole requests, never keep state
 	deadline   int64      // unix nanoseconds when the connection times out
 	reqStarted int64      // when the request in progress began; 0 when idle
 	continued  bool       // 100 Continue already sent for the request in progress
@@ -24,6 +26,15 @@ type conn struct {
 	busy       bool       // a pool worker holds it; the loop keeps its hands off
 	polled     bool       // in the epoll set (it is not while first served)
 	peer       netip.Addr // the client, only kept for the access log
+}
+
+// parse parses the next request from buf, which starts with what the
+// connection kept (see parseRequest).
+func (c *conn) parse(buf []byte, r *Request, lim *Limits) (int, int) {
+	if c.borrowed {
+		return parse(buf, r, lim, &c.need)
+	}
+	return parseRequest(buf, r, lim, &c.need, &c.body, true)
 }
 
 type connState uint8

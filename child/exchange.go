@@ -20,7 +20,7 @@ type Exchanger struct {
 
 // NewExchanger returns an Exchanger that serves h under the default limits.
 func NewExchanger(h Handler) *Exchanger {
-	e := &Exchanger{lim: DefaultLimits, to: DefaultTimeouts}
+	e := &Exchanger{lim: DefaultLimits, to: DefaultTimeouts, c: conn{borrowed: true}}
 	e.s = newSession(h, new(ipc.Cell), &e.lim, &e.to, &e.stop)
 	return e
 }

@@ -46,91 +46,60 @@ func (l Limits) clamp() Limits {
 // maxChunkLine bounds a chunk-size line with its extensions.
 const maxChunkLine = 4 << 10
 
+// pending is more than the most bytes one request that is not complete yet
+// can leave in a connection's buffer under these limits: empty lines and a
+// request line, a header block, the body, and either a chunk-size line or
+// a trailer section not complete yet (the chunked decoder keeps the data,
+// not the framing it has read). A buffer that reaches it is a bug's, not a
+// client's.
+func (l *Limits) pending() int {
+	return 2*l.MaxRequestLine + l.MaxHeaderBytes + int(l.MaxBody) + max(l.MaxHeaderBytes, maxChunkLine) + 16
+}
+
 // parse reads one request from the start of buf into r, which it resets.
 //
 // It returns (n, 0) when buf[:n] holds a whole request; (0, 0) when buf holds
 // a prefix of a request that may still turn out valid, and *need, when not
 // zero, says how many bytes buf must hold before another call can succeed;
 // (0, status) when the request is malformed and must be answered with status.
-// buf is modified only to decode a complete chunked body in place.
+// buf is modified only to decode a complete chunked body in place. parse
+// keeps nothing from one call to the next; a connection, which sees its
+// requests arrive a read at a time, uses parseRequest.
 func parse(buf []byte, r *Request, lim *Limits, need *int) (int, int) {
-	r.reset()
+	var b bodyState
+	return parseRequest(buf, r, lim, need, &b, false)
+}
+
+// parseRequest is parse for a connection that keeps b from one call to the
+// next. With resume, a chunked body that is not complete yet is decoded as
+// far as it has arrived: its data moved down over the framing, in place, and
+// the last b.cut bytes of buf no longer belong to the request (the caller
+// drops them before it keeps the rest); the next call, with the kept bytes
+// and what arrived since, goes on where this one stopped, so each byte of a
+// body is looked at a bounded number of times however it is split into reads.
+// Without resume, b is left as parse would find it and buf is not modified
+// unless the request is complete.
+func parseRequest(buf []byte, r *Request, lim *Limits, need *int, b *bodyState, resume bool) (int, int) {
 	*need = 0
-
-	// RFC 9112 §2.2: ignore empty lines before the request-line.
-	p := 0
-	for len(buf)-p >= 2 && buf[p] == '\r' && buf[p+1] == '\n' {
-		p += 2
-		if p > lim.MaxRequestLine {
-			return 0, 400
-		}
+	if b.on {
+		return b.resume(buf, r, lim, need)
 	}
-
-	eol := bytes.IndexByte(buf[p:], '\n')
-	if eol < 0 {
-		if len(buf)-p > lim.MaxRequestLine+1 { // +1: the line may end in its CR
-			return 0, 414
-		}
-		return 0, 0
-	}
-	// Length first, so that a prefix that already gave 414 never turns into
-	// a different status once the LF arrives.
-	if eol-1 > lim.MaxRequestLine {
-		return 0, 414
-	}
-	if eol == 0 || buf[p+eol-1] != '\r' {
-		return 0, 400 // bare LF
-	}
-	if st := parseRequestLine(buf[p:p+eol-1], r); st != 0 {
+	r.reset()
+	q, h, st := parseHead(buf, r, lim)
+	if q == 0 || st != 0 {
 		return 0, st
 	}
-
-	var h headerFacts
-	q := p + eol + 1
-	hstart := q
-	for {
-		rest := buf[q:]
-		if len(rest) == 0 || len(rest) == 1 && rest[0] == '\r' {
-			if q-hstart > lim.MaxHeaderBytes {
-				return 0, 431
-			}
-			return 0, 0
-		}
-		if rest[0] == '\r' {
-			if rest[1] != '\n' {
-				return 0, 400
-			}
-			q += 2
-			break
-		}
-		e := bytes.IndexByte(rest, '\n')
-		if e < 0 {
-			if q+len(rest)-hstart > lim.MaxHeaderBytes {
-				return 0, 431
-			}
-			return 0, 0
-		}
-		if q+e+1-hstart > lim.MaxHeaderBytes {
-			return 0, 431
-		}
-		if e < 2 || rest[e-1] != '\r' {
-			return 0, 400
-		}
-		if len(r.headers) == lim.MaxHeaders {
-			return 0, 431
-		}
-		if st := h.field(rest[:e-1], r); st != 0 {
-			return 0, st
-		}
-		q += e + 1
-	}
-
-	if st := h.framing(r); st != 0 {
-		return 0, st
-	}
-	r.headerEnd = q
 	if h.chunked {
-		return parseChunked(buf, q, r, lim, need)
+		b.start(q, resume)
+		n, st := b.decode(buf, lim, need)
+		if n == 0 && (st != 0 || !resume) {
+			b.reset()
+		}
+		if n > 0 {
+			r.Body = b.body(buf)
+			b.reset()
+		}
+		return n, st
 	}
 	if h.length > lim.MaxBody {
 		return 0, 413
@@ -144,6 +113,86 @@ func parse(buf []byte, r *Request, lim *Limits, need *int) (int, int) {
 		r.Body = buf[q:end]
 	}
 	return end, 0
+}
+
+// parseHead parses the request line and the header block at the start of
+// buf into r. It returns where the body starts, 0 while the block is not
+// complete, or the status that rejects the request; with the block it
+// returns what the fields said about framing.
+func parseHead(buf []byte, r *Request, lim *Limits) (int, headerFacts, int) {
+	var h headerFacts
+	// RFC 9112 §2.2: ignore empty lines before the request-line.
+	p := 0
+	for len(buf)-p >= 2 && buf[p] == '\r' && buf[p+1] == '\n' {
+		p += 2
+		if p > lim.MaxRequestLine {
+			return 0, h, 400
+		}
+	}
+
+	eol := bytes.IndexByte(buf[p:], '\n')
+	if eol < 0 {
+		if len(buf)-p > lim.MaxRequestLine+1 { // +1: the line may end in its CR
+			return 0, h, 414
+		}
+		return 0, h, 0
+	}
+	// Length first, so that a prefix that already gave 414 never turns into
+	// a different status once the LF arrives.
+	if eol-1 > lim.MaxRequestLine {
+		return 0, h, 414
+	}
+	if eol == 0 || buf[p+eol-1] != '\r' {
+		return 0, h, 400 // bare LF
+	}
+	if st := parseRequestLine(buf[p:p+eol-1], r); st != 0 {
+		return 0, h, st
+	}
+
+	q := p + eol + 1
+	hstart := q
+	for {
+		rest := buf[q:]
+		if len(rest) == 0 || len(rest) == 1 && rest[0] == '\r' {
+			if q-hstart > lim.MaxHeaderBytes {
+				return 0, h, 431
+			}
+			return 0, h, 0
+		}
+		if rest[0] == '\r' {
+			if rest[1] != '\n' {
+				return 0, h, 400
+			}
+			q += 2
+			break
+		}
+		e := bytes.IndexByte(rest, '\n')
+		if e < 0 {
+			if q+len(rest)-hstart > lim.MaxHeaderBytes {
+				return 0, h, 431
+			}
+			return 0, h, 0
+		}
+		if q+e+1-hstart > lim.MaxHeaderBytes {
+			return 0, h, 431
+		}
+		if e < 2 || rest[e-1] != '\r' {
+			return 0, h, 400
+		}
+		if len(r.headers) == lim.MaxHeaders {
+			return 0, h, 431
+		}
+		if st := h.field(rest[:e-1], r); st != 0 {
+			return 0, h, st
+		}
+		q += e + 1
+	}
+
+	if st := h.framing(r); st != 0 {
+		return 0, h, st
+	}
+	r.headerEnd = q
+	return q, h, 0
 }
 
 func parseRequestLine(line []byte, r *Request) int {
@@ -315,96 +364,225 @@ func (h *headerFacts) framing(r *Request) int {
 	return 0
 }
 
-// parseChunked checks that buf[q:] holds a whole chunked body with its
-// trailer section, then decodes it in place.
-func parseChunked(buf []byte, q int, r *Request, lim *Limits, need *int) (int, int) {
-	pos, total := q, int64(0)
-	for {
-		e := bytes.IndexByte(buf[pos:], '\n')
-		if e < 0 {
-			if len(buf)-pos > maxChunkLine {
-				return 0, 400
-			}
-			return 0, 0
-		}
-		if e == 0 || buf[pos+e-1] != '\r' || e > maxChunkLine {
-			return 0, 400
-		}
-		size, ok := chunkSize(buf[pos : pos+e-1])
-		if !ok {
-			return 0, 400
-		}
-		pos += e + 1
-		if size == 0 {
-			break
-		}
-		total += size
-		if total > lim.MaxBody {
-			return 0, 413
-		}
-		if int64(len(buf)-pos) < size+2 {
-			*need = pos + int(size) + 2
-			return 0, 0
-		}
-		end := pos + int(size)
-		if buf[end] != '\r' || buf[end+1] != '\n' {
-			return 0, 400
-		}
-		pos = end + 2
-	}
-	// Trailer fields: checked like header lines, then ignored.
-	tstart := pos
-	for {
-		rest := buf[pos:]
-		if len(rest) < 2 {
-			return 0, 0
-		}
-		if rest[0] == '\r' {
-			if rest[1] != '\n' {
-				return 0, 400
-			}
-			pos += 2
-			break
-		}
-		e := bytes.IndexByte(rest, '\n')
-		if e < 0 {
-			if pos+len(rest)-tstart > lim.MaxHeaderBytes {
-				return 0, 431
-			}
-			return 0, 0
-		}
-		if pos+e+1-tstart > lim.MaxHeaderBytes {
-			return 0, 431 // before the line checks, as a prefix would see it
-		}
-		if e < 2 || rest[e-1] != '\r' || rest[0] == ' ' || rest[0] == '\t' ||
-			bytes.IndexByte(rest[:e], ':') <= 0 {
-			return 0, 400 // a trailer field is name: value like a header
-		}
-		for _, c := range rest[:e-1] {
-			if c < ' ' && c != '\t' || c == 0x7f {
-				return 0, 400
-			}
-		}
-		pos += e + 1
-	}
+// Chunked framing is bounded apart from the decoded body: chunk-size lines
+// (extensions included) and the CRLFs after chunk data may come to at most
+// frameSlack bytes plus frameRatio per byte of data, counted as each size
+// line is read, the chunk it announces included; more is 413, like a body
+// over MaxBody. A body sent in 1-byte chunks (5 bytes of framing each)
+// passes; one that is mostly extensions does not. The trailer section is
+// bounded by MaxHeaderBytes, as the header block is.
+const (
+	frameSlack = 2 * maxChunkLine
+	frameRatio = 8
+)
 
-	// Second pass: move the chunk data together. It never overtakes the
-	// read position, so copying forward within buf is safe.
-	src, dst := q, q
-	for {
-		e := bytes.IndexByte(buf[src:], '\n')
-		size, _ := chunkSize(buf[src : src+e-1])
-		src += e + 1
-		if size == 0 {
-			break
+// Phases of the chunked decoder.
+const (
+	atSize    uint8 = iota // at a chunk-size line
+	atData                 // at the data of a chunk (left bytes) and its CRLF
+	atTrailer              // in the trailer section
+)
+
+// bodyState is how far the decoder of a chunked body got. Offsets count from
+// the start of the request. A connection keeps it while its request is not
+// complete, so that decoding resumes where the last read left it.
+type bodyState struct {
+	on       bool  // a chunked body is being decoded
+	resumed  bool  // decoding in place, to be resumed (parseRequest's resume)
+	phase    uint8 // atSize, atData or atTrailer
+	hdrEnd   int   // where the body starts
+	pos      int   // where decoding goes on
+	dst      int   // where the data decoded so far ends
+	lineScan int   // bytes of the line at pos already searched for its LF
+	left     int64 // atData: the chunk's size
+	total    int64 // decoded body bytes, the chunk at pos included
+	framing  int64 // bytes of chunk-size lines and of the CRLFs after data
+	trailer  int   // bytes of complete trailer lines
+	// cut, after a call that stopped for more input, is how many bytes at
+	// the end of the buffer it was given are stale: the decoded data was
+	// moved down over the framing, and the bytes not decoded yet with it.
+	cut int
+	// work counts the bytes the decoder searched, checked or moved over the
+	// connection's life, so that tests can see it stays linear in the input
+	// however the input is split into reads.
+	work int64
+}
+
+func (b *bodyState) start(hdrEnd int, resume bool) {
+	*b = bodyState{on: true, resumed: resume, hdrEnd: hdrEnd, pos: hdrEnd, dst: hdrEnd, work: b.work}
+}
+
+// reset forgets the request: the next call parses a new one.
+func (b *bodyState) reset() { *b = bodyState{work: b.work} }
+
+// body is the decoded body of a complete request, nil when empty. Unless
+// the data was moved while decoding, it is moved now: it never overtakes
+// the framing it is read from, so copying forward within buf is safe.
+func (b *bodyState) body(buf []byte) []byte {
+	if b.total == 0 {
+		return nil
+	}
+	if !b.resumed {
+		src, dst := b.hdrEnd, b.hdrEnd
+		for {
+			e := bytes.IndexByte(buf[src:], '\n')
+			size, _ := chunkSize(buf[src : src+e-1])
+			b.work += int64(e) + size
+			src += e + 1
+			if size == 0 {
+				break
+			}
+			dst += copy(buf[dst:], buf[src:src+int(size)])
+			src += int(size) + 2
 		}
-		dst += copy(buf[dst:], buf[src:src+int(size)])
-		src += int(size) + 2
+		b.dst = dst
 	}
-	if total > 0 {
-		r.Body = buf[q:dst]
+	return buf[b.hdrEnd:b.dst]
+}
+
+// resume goes on with the chunked body of a request whose header block was
+// complete and valid on an earlier call. r gets the request again once it is
+// complete or refused; while it is neither, only where its body starts.
+func (b *bodyState) resume(buf []byte, r *Request, lim *Limits, need *int) (int, int) {
+	n, st := b.decode(buf, lim, need)
+	r.reset()
+	if n == 0 && st == 0 {
+		r.headerEnd = b.hdrEnd
+		return 0, 0
 	}
-	return pos, 0
+	// The header block is where it was, unchanged and valid.
+	parseHead(buf, r, lim)
+	if st != 0 {
+		b.reset()
+		return 0, st
+	}
+	r.Body = b.body(buf)
+	b.reset()
+	return n, 0
+}
+
+// decode goes through buf from b.pos, checking the framing and, when
+// resumed, moving the data down to b.dst as each chunk is complete. It
+// returns (n, 0) once buf[:n] holds the whole request, (0, 0) when it needs
+// more, (0, status) when the body is refused.
+func (b *bodyState) decode(buf []byte, lim *Limits, need *int) (int, int) {
+	for {
+		switch b.phase {
+		case atSize:
+			e, ok := b.nextLF(buf)
+			if !ok {
+				if len(buf)-b.pos > maxChunkLine {
+					return 0, 400
+				}
+				return b.stop(buf, need)
+			}
+			if e == 0 || buf[b.pos+e-1] != '\r' || e > maxChunkLine {
+				return 0, 400
+			}
+			size, ok := chunkSize(buf[b.pos : b.pos+e-1])
+			b.work += int64(e)
+			if !ok {
+				return 0, 400
+			}
+			b.pos += e + 1
+			b.framing += int64(e) + 1
+			if size == 0 {
+				b.phase = atTrailer
+			} else {
+				b.framing += 2 // the CRLF after the data
+				b.total += size
+				if b.total > lim.MaxBody {
+					return 0, 413
+				}
+				b.left = size
+				b.phase = atData
+			}
+			if b.framing > frameSlack+frameRatio*b.total {
+				return 0, 413
+			}
+		case atData:
+			if int64(len(buf)-b.pos) < b.left+2 {
+				return b.stop(buf, need)
+			}
+			end := b.pos + int(b.left)
+			if buf[end] != '\r' || buf[end+1] != '\n' {
+				return 0, 400
+			}
+			if b.resumed && b.dst != b.pos {
+				copy(buf[b.dst:], buf[b.pos:end])
+				b.work += b.left
+			}
+			b.dst += int(b.left)
+			b.pos = end + 2
+			b.phase = atSize
+		case atTrailer:
+			// Trailer fields: checked like header lines, then ignored.
+			rest := buf[b.pos:]
+			if len(rest) < 2 {
+				return b.stop(buf, need)
+			}
+			if rest[0] == '\r' {
+				if rest[1] != '\n' {
+					return 0, 400
+				}
+				return b.pos + 2, 0
+			}
+			e, ok := b.nextLF(buf)
+			if !ok {
+				if b.trailer+len(rest) > lim.MaxHeaderBytes {
+					return 0, 431
+				}
+				return b.stop(buf, need)
+			}
+			if b.trailer+e+1 > lim.MaxHeaderBytes {
+				return 0, 431 // before the line checks, as a prefix would see it
+			}
+			if e < 2 || rest[e-1] != '\r' || rest[0] == ' ' || rest[0] == '\t' ||
+				bytes.IndexByte(rest[:e], ':') <= 0 {
+				return 0, 400 // a trailer field is name: value like a header
+			}
+			for _, c := range rest[:e-1] {
+				if c < ' ' && c != '\t' || c == 0x7f {
+					return 0, 400
+				}
+			}
+			b.work += int64(e)
+			b.trailer += e + 1
+			b.pos += e + 1
+		}
+	}
+}
+
+// nextLF finds the LF that ends the line at b.pos, searching only the bytes
+// not searched before; it returns the LF's offset from b.pos.
+func (b *bodyState) nextLF(buf []byte) (int, bool) {
+	from := b.pos + b.lineScan
+	e := bytes.IndexByte(buf[from:], '\n')
+	if e < 0 {
+		b.work += int64(len(buf) - from)
+		b.lineScan = len(buf) - b.pos
+		return 0, false
+	}
+	b.work += int64(e + 1)
+	b.lineScan = 0
+	return from - b.pos + e, true
+}
+
+// stop ends a call that needs more input. When resumed, what was not
+// decoded yet moves down to the end of the decoded data, so that a
+// connection keeps the body and no framing it has read; need then counts
+// in the buffer as it will be kept.
+func (b *bodyState) stop(buf []byte, need *int) (int, int) {
+	if b.resumed && b.dst != b.pos {
+		n := copy(buf[b.dst:], buf[b.pos:])
+		b.work += int64(n)
+		b.cut = b.pos - b.dst
+		b.pos = b.dst
+	}
+	if b.phase == atData {
+		*need = b.pos + int(b.left) + 2
+	}
+	return 0, 0
 }
 
 // chunkSize parses "HEX [; ext]" and reports whether it is well formed.

@@ -102,3 +102,24 @@ func validTarget(t []byte) bool {
 func isAlnum(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
+
+// FuzzParseResumed feeds arbitrary input to the parser as a connection
+// receives it, in reads cut where the fuzzer says (a first read of any
+// length, then reads of 1 to 64 bytes), resuming a chunked body where each
+// read left it. It checks that the input parses as it does whole, with the
+// same requests, the same decoded bodies and the same status, and that the
+// chunked decoder's work stays linear in the input.
+//
+//	go test -run=NONE -fuzz=FuzzParseResumed ./child
+func FuzzParseResumed(f *testing.F) {
+	for i, c := range append(slices.Clone(validCases), rejectCases...) {
+		f.Add([]byte(c.raw), uint16(len(c.raw)/2), uint8(i))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, first uint16, step uint8) {
+		k := int(first) % (len(data) + 1)
+		pieces := append([][]byte{data[:k]}, splitEvery(data[k:], int(step)%64+1)...)
+		if problem := checkFed(data, pieces, testLimits); problem != "" {
+			t.Fatalf("first read %d bytes, then %d at a time: %s", k, int(step)%64+1, problem)
+		}
+	})
+}

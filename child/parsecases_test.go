@@ -53,6 +53,18 @@ func chunkedPost(target string, chunks []string, trailers ...string) string {
 	return b.String()
 }
 
+// chunkedWithExtensions is a chunked POST of n 1-byte chunks, each with a
+// chunk extension that makes its size line ext bytes long, CRLF included.
+func chunkedWithExtensions(n, ext int) string {
+	var b strings.Builder
+	b.WriteString("POST / HTTP/1.1\r\n" + hostLine + "Transfer-Encoding: chunked\r\n\r\n")
+	for range n {
+		b.WriteString("1;x=" + strings.Repeat("e", ext-len("1;x=\r\n")) + "\r\nc\r\n")
+	}
+	b.WriteString("0\r\n\r\n")
+	return b.String()
+}
+
 // withHeaders is a GET to / carrying extra header lines (each without CRLF).
 func withHeaders(lines ...string) string {
 	return "GET / HTTP/1.1\r\n" + strings.Join(append(lines, ""), "\r\n") + "\r\n"
@@ -124,6 +136,11 @@ var validCases = []parseCase{
 	{name: "body at the limit", raw: post("/", strings.Repeat("b", int(testLimits.MaxBody))), requests: 1},
 	{name: "chunked body at the limit", raw: chunkedPost("/", []string{strings.Repeat("c", 40),
 		strings.Repeat("d", int(testLimits.MaxBody)-40)}), requests: 1},
+	{name: "chunked in 1-byte chunks", raw: chunkedPost("/", strings.Split(strings.Repeat("z", int(testLimits.MaxBody)), "")), requests: 1},
+	{name: "pipelined 1-byte chunks and GET", raw: chunkedPost("/", []string{"a", "b"}) + get("/2"), requests: 2},
+	{name: "chunk-size line at its limit", raw: withHeaders("Host: a", "Transfer-Encoding: chunked") +
+		"1;" + strings.Repeat("e", maxChunkLine-3) + "\r\na\r\n0\r\n\r\n", requests: 1},
+	{name: "chunked framing within its allowance", raw: chunkedWithExtensions(2, frameSlack/2-16), requests: 1},
 	{name: "pipelined GETs", raw: get("/1") + get("/2"), requests: 2},
 	{name: "pipelined POST and GET", raw: post("/1", "body") + get("/2"), requests: 2},
 	{name: "pipelined chunked and GET", raw: chunkedPost("/1", []string{"ab", "cde"}, "T: v") + get("/2"), requests: 2},
@@ -168,6 +185,9 @@ var rejectCases = []parseCase{
 	{name: "chunk size with junk", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2 x\r\nab\r\n0\r\n\r\n"},
 	{name: "chunk size line ends in bare LF", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2\nab\r\n0\r\n\r\n"},
 	{name: "chunk data too long", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2\r\nabc\r\n0\r\n\r\n"},
+	{name: "chunk-size line over its limit", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") +
+		"1;" + strings.Repeat("e", maxChunkLine-2) + "\r\na\r\n0\r\n\r\n"},
+	{name: "chunked framing over its allowance", status: 413, raw: chunkedWithExtensions(3, frameSlack/2-16)},
 	{name: "NUL in chunk extension", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2;a\x00\r\nab\r\n0\r\n\r\n"},
 	{name: "obs-fold in trailer", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "0\r\nT: a\r\n b\r\n\r\n"},
 	{name: "bare CR in trailer", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "0\r\nT: a\rb\r\n\r\n"},

@@ -57,7 +57,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		if done == 0 && c.scan > 0 && !s.newLine(in, c.scan) {
 			break // nothing parse has not seen, bar bytes of an unfinished line
 		}
-		n, status := parse(in[done:], &s.req, s.lim, &c.need)
+		n, status := c.parse(in[done:], &s.req, s.lim)
 		if status != 0 {
 			s.st.ParseErrors.Add(1)
 			s.st.Responses[status/100].Add(1)
@@ -153,7 +153,7 @@ func (s *session) onReadable(c *conn) action {
 // needs: memory follows what the client sent, not what it announced. It
 // refuses once the request could not fit any limit.
 func (s *session) growInput(c *conn) bool {
-	max := s.lim.MaxRequestLine + s.lim.MaxHeaderBytes + 2*int(s.lim.MaxBody) + bufSize
+	max := s.lim.pending()
 	if len(c.in) >= max {
 		return false
 	}
@@ -213,9 +213,14 @@ func (s *session) answer(c *conn, in []byte, own bool) action {
 // keepPartial stores the unparsed rest in c.in (or frees c.in when there is
 // none) and sets the read deadline that fits what the connection waits for.
 // own says that rest lies inside c.in rather than in the shared read buffer.
+// The chunked decoder may have moved the end of rest down (c.body.cut):
+// what it left behind is not kept.
 func (s *session) keepPartial(c *conn, rest []byte, own bool) action {
+	rest = rest[:len(rest)-c.body.cut]
+	c.body.cut = 0
 	switch {
 	case len(rest) == 0:
+		c.body.reset()
 		if c.in != nil {
 			putBuf(c.in)
 			c.in = nil
@@ -229,7 +234,7 @@ func (s *session) keepPartial(c *conn, rest []byte, own bool) action {
 	switch {
 	case c.in == nil:
 		c.deadline = now.Add(s.to.Idle).UnixNano()
-	case c.need > 0:
+	case c.need > 0 || c.body.on:
 		c.deadline = now.Add(s.to.Body).UnixNano() // headers done, body arriving
 	default:
 		c.deadline = c.reqStarted + int64(s.to.Header)
