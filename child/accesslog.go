@@ -59,7 +59,8 @@ func newLogBuf(f *AccessLog) *logBuf {
 	return &logBuf{file: f, buf: make([]byte, 0, logFlushSize+4096)}
 }
 
-// add appends the line for one answered request.
+// add appends the line for one answered request; size is the body that
+// went out (for a refused request, the error text).
 func (l *logBuf) add(now time.Time, peer netip.Addr, r *Request, status, size int) {
 	if s := now.Unix(); s != l.sec {
 		l.sec = s
@@ -74,12 +75,15 @@ func (l *logBuf) add(now time.Time, peer netip.Addr, r *Request, status, size in
 	}
 	b = append(b, " - - "...)
 	b = append(b, l.stamp...)
+	// The request line as the client sent it: for a request that was
+	// refused, what it asked for, version included; "-" when the line never
+	// came whole (or was over its limit).
 	b = append(b, " \""...)
-	b = appendEscaped(b, r.Method)
-	b = append(b, ' ')
-	b = appendEscaped(b, r.Target)
-	b = append(b, " HTTP/1."...)
-	b = append(b, byte('0'+r.Minor))
+	if r.line != nil {
+		b = appendEscaped(b, r.line)
+	} else {
+		b = append(b, '-')
+	}
 	b = append(b, "\" "...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')

@@ -142,9 +142,11 @@ func parseHead(buf []byte, r *Request, lim *Limits) (int, headerFacts, int) {
 	if eol-1 > lim.MaxRequestLine {
 		return 0, h, 414
 	}
+	r.line = buf[p : p+eol]
 	if eol == 0 || buf[p+eol-1] != '\r' {
 		return 0, h, 400 // bare LF
 	}
+	r.line = r.line[:eol-1]
 	if st := parseRequestLine(buf[p:p+eol-1], r); st != 0 {
 		return 0, h, st
 	}

@@ -14,8 +14,9 @@ type Request struct {
 	Body   []byte // decoded body (chunked framing removed)
 
 	headers []field
-	close   bool // the connection closes after this response
-	expect  bool // Expect: 100-continue
+	line    []byte // the request line as sent, without CRLF; nil until complete
+	close   bool   // the connection closes after this response
+	expect  bool   // Expect: 100-continue
 	// headerEnd is where the body starts once the header block is complete
 	// and valid; 0 while it is not.
 	headerEnd int

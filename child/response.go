@@ -152,11 +152,14 @@ func appendError(dst []byte, status int, date []byte) []byte {
 	dst = append(dst, date...)
 	dst = append(dst, "\r\nContent-Type: text/plain\r\nContent-Length: "...)
 	text := statusText(status)
-	dst = strconv.AppendInt(dst, int64(len(text)+1), 10)
+	dst = strconv.AppendInt(dst, int64(errorBodyLen(status)), 10)
 	dst = append(dst, "\r\nConnection: close\r\n\r\n"...)
 	dst = append(dst, text...)
 	return append(dst, '\n')
 }
+
+// errorBodyLen is the size of the body appendError sends with status.
+func errorBodyLen(status int) int { return len(statusText(status)) + 1 }
 
 func isHead(m []byte) bool { return string(m) == "HEAD" }
 

@@ -62,7 +62,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			s.st.ParseErrors.Add(1)
 			s.st.Responses[status/100].Add(1)
 			if s.alog != nil {
-				s.alog.add(s.clk.now, c.peer, &s.req, status, 0)
+				s.alog.add(s.clk.now, c.peer, &s.req, status, errorBodyLen(status))
 			}
 			return done, appendError(out, status, s.clk.date), vReject
 		}
@@ -278,8 +278,15 @@ func (s *session) onWritable(c *conn) action {
 	return s.keepPartial(c, nil, false)
 }
 
-// reject answers status and starts a staged close.
+// reject answers status to the request in c.in and starts a staged close.
 func (s *session) reject(c *conn, status int) action {
+	s.st.ParseErrors.Add(1)
+	s.st.Responses[status/100].Add(1)
+	if s.alog != nil {
+		s.req.reset()
+		parseHead(c.in, &s.req, s.lim) // what the request says of itself, for its line
+		s.alog.add(s.clk.now, c.peer, &s.req, status, errorBodyLen(status))
+	}
 	out := appendError(s.wbuf[:0], status, s.clk.date)
 	s.keepPartial(c, nil, false)
 	w, err := s.write(c.fd, out)

@@ -1,0 +1,129 @@
+package child
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// loggedChild runs a child with an access log and returns a function that
+// stops it (which flushes the log) and returns the log's lines.
+func loggedChild(t *testing.T, lim Limits) (*testChild, func() []string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "access.log")
+	al, err := OpenAccessLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := startChild(t, Config{AccessLog: al, Limits: lim}, newTestRoutes())
+	return tc, func() []string {
+		t.Helper()
+		tc.stop(t)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	}
+}
+
+// A rejected request is logged as it was sent: its request line as the
+// client wrote it (so the version it asked for), the size of the error
+// body that went out, and the Referer and User-Agent when the header
+// block got as far as them, wherever in the request the limit struck.
+func TestAccessLogRejections(t *testing.T) {
+	lim := DefaultLimits
+	lim.MaxBody = 100
+	tc, lines := loggedChild(t, lim)
+	chunks := func(n int) string {
+		return strings.Repeat("a\r\n0123456789\r\n", n)
+	}
+	cases := []struct {
+		raw    []string // sent one write at a time, each read by the child before the next
+		status int
+		want   string // the line after the date
+	}{
+		{[]string{"GET /a b HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/1\r\n\r\n"},
+			400, `"GET /a b HTTP/1.1" 400 12 "-" "-"`},
+		{[]string{"GET /x HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/2\r\nBad Header: 1\r\n\r\n"},
+			400, `"GET /x HTTP/1.1" 400 12 "-" "ua/2"`},
+		{[]string{"GET / HTTP/2.0\r\nHost: x\r\n\r\n"},
+			505, `"GET / HTTP/2.0" 505 27 "-" "-"`},
+		{[]string{"GET /\"\x01 HTTP/1.0\r\n\r\n"},
+			400, `"GET /\x22\x01 HTTP/1.0" 400 12 "-" "-"`},
+		{[]string{"GET /" + strings.Repeat("a", lim.MaxRequestLine) + " HTTP/1.1\r\n\r\n"},
+			414, `"-" 414 13 "-" "-"`},
+		{[]string{"POST /echo HTTP/1.1\r\nHost: x\r\nReferer: /r\r\nUser-Agent: ua/3\r\nContent-Length: 101\r\n\r\n"},
+			413, `"POST /echo HTTP/1.1" 413 18 "/r" "ua/3"`},
+		{[]string{"POST /echo HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/4\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks(5),
+			chunks(6)}, // over MaxBody in the second read: the decoder resumes, then refuses
+			413, `"POST /echo HTTP/1.1" 413 18 "-" "ua/4"`},
+		{[]string{"POST /echo HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/5\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks(2),
+			"zz\r\n"},
+			400, `"POST /echo HTTP/1.1" 400 12 "-" "ua/5"`},
+		{[]string{"GET /ok HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/6\r\n\r\n"},
+			200, `"GET /ok HTTP/1.1" 200 3 "-" "ua/6"`},
+	}
+	for _, c := range cases {
+		conn := tc.dial(t)
+		for i, part := range c.raw {
+			conn.send(t, part)
+			if i < len(c.raw)-1 {
+				server, client := loopPorts(t, tc, conn)
+				if !loopWaitSocket(t, server, client, func(s loopSocket) bool { return s.rx == 0 && s.peerTx == 0 }) {
+					t.Fatalf("the child did not read %q", part)
+				}
+			}
+		}
+		if r := conn.read(t); r.status != c.status {
+			t.Fatalf("%q: status %d, want %d", c.raw, r.status, c.status)
+		}
+	}
+	got := lines()
+	if len(got) != len(cases) {
+		t.Fatalf("%d lines logged for %d requests:\n%s", len(got), len(cases), strings.Join(got, "\n"))
+	}
+	stamp := regexp.MustCompile(`^127\.0\.0\.1 - - \[[^]]+\] `)
+	for i, c := range cases {
+		line := got[i]
+		if !stamp.MatchString(line) || stamp.ReplaceAllString(line, "") != c.want {
+			t.Errorf("logged\n\t%s\nwant\n\t127.0.0.1 - - [date] %s", line, c.want)
+		}
+	}
+}
+
+// The buffer's own bound (which no request within the limits reaches) is
+// answered and logged like any refusal: here the limits shrink under a
+// request that is arriving.
+func TestAccessLogBufferBound(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	al, err := OpenAccessLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPairConn(t, newTestRoutes(), DefaultLimits)
+	p.s.alog = newLogBuf(al)
+	p.send(t, []byte("POST /echo HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/b\r\nContent-Length: 1000000\r\n\r\n"))
+	p.lim.MaxBody = 0
+	body := bigBody()[:256<<10]
+	for i := 0; i < len(body) && !p.closed && p.c.state != stLinger; i += 4 << 10 {
+		p.send(t, body[i:i+4<<10])
+	}
+	all := responsesIn(t, p.out)
+	if len(all) != 1 || all[0].status != 413 {
+		t.Fatalf("%d responses (%q), want one 413", len(all), p.out)
+	}
+	p.s.alog.flush(p.s.clk.now)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^- - - \[[^]]+\] "POST /echo HTTP/1\.1" 413 18 "-" "ua/b"\n$`).Match(b) {
+		t.Errorf("logged %q", b)
+	}
+	if n := p.s.st.ParseErrors.Load(); n != 1 {
+		t.Errorf("%d parse errors counted, want 1", n)
+	}
+}
