@@ -238,3 +238,58 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// hardCPU is the CPU time pid has used, from /proc/PID/schedstat
+// (nanoseconds on a CPU).
+func hardCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		t.Fatalf("/proc/%d/schedstat: %q", pid, b)
+	}
+	return time.Duration(ns)
+}
+
+// TestChunkedTrickle sends 1 MiB of 1-byte chunks in 1 KiB segments, a
+// short pause after each so that the child reads them one at a time, and
+// checks the echo. It logs the child's CPU time for the request (run with
+// -v to see it): no bound on it is asserted here; the decoder's work is
+// checked in the child's tests, where it can be counted.
+func TestChunkedTrickle(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=1")
+	kid := kidPids(s.waitReady(1))[0]
+	var body, req []byte
+	req = append(req, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"...)
+	for i := 0; len(req) < 1<<20; i++ {
+		c := "abcdefghijklmnopqrstuvwxyz"[i%26]
+		body = append(body, c)
+		req = append(req, '1', '\r', '\n', c, '\r', '\n')
+	}
+	req = append(req, "0\r\n\r\n"...)
+	c := s.dial(t)
+	c.SetDeadline(time.Now().Add(time.Minute))
+	before := hardCPU(t, kid)
+	start := time.Now()
+	for i := 0; i < len(req); i += 1 << 10 {
+		if _, err := c.Write(req[i:min(i+1<<10, len(req))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	r, err := c.readResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := hardCPU(t, kid) - before
+	if r.status != 200 || r.body != string(body) {
+		t.Fatalf("echo: status %d, %d bytes, want 200 and the %d sent", r.status, len(r.body), len(body))
+	}
+	t.Logf("child CPU %v for %d bytes of 1-byte chunks (%d of body) in %d segments of 1 KiB over %v",
+		cpu.Round(time.Millisecond), len(req), len(body), (len(req)+1023)>>10, time.Since(start).Round(time.Millisecond))
+}
