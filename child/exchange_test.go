@@ -357,3 +357,23 @@ func TestExchangeCallsAreIndependent(t *testing.T) {
 		t.Fatalf("a complete request after an unrelated partial one: consumed %d of %d, answered %q", n, len(in), out)
 	}
 }
+
+// The Exchanger parses only what the caller passes, and keeps nothing: a
+// chunked request that is not complete is left as it was, so the caller
+// can pass it again with the rest.
+func TestExchangeLeavesPartialChunkedInput(t *testing.T) {
+	e := NewExchanger(newTestRoutes())
+	full := []byte(chunkedPost("/echo", []string{"ab", "cde", "f"}))
+	part := bytes.Clone(full[:len(full)-6])
+	out, n, closed := e.Exchange(nil, part)
+	if len(out) != 0 || n != 0 || closed {
+		t.Fatalf("partial request: %q, consumed %d, closed %v", out, n, closed)
+	}
+	if !bytes.Equal(part, full[:len(part)]) {
+		t.Fatalf("partial input changed to %q", part)
+	}
+	out, n, _ = e.Exchange(nil, append(part, full[len(part):]...))
+	if all := responsesIn(t, out); n != len(full) || len(all) != 1 || string(all[0].body) != "abcdef" {
+		t.Fatalf("whole request: consumed %d of %d, %q", n, len(full), out)
+	}
+}
