@@ -79,7 +79,7 @@ func (l *logBuf) add(now time.Time, peer netip.Addr, r *Request, status, size in
 	// refused, what it asked for, version included; "-" when the line never
 	// came whole (or was over its limit).
 	b = append(b, " \""...)
-	if r.line != nil {
+	if len(r.line) > 0 {
 		b = appendEscaped(b, r.line)
 	} else {
 		b = append(b, '-')
