@@ -5,7 +5,9 @@ package main
 // This file exists only for the stall and watchdog tests (stall_test.go),
 // which build a variant of the binary with -tags procpool_sleeptest: in it
 // GET /sleep/N holds the child's loop for N milliseconds, as an inline
-// handler that burns CPU or blocks would. Ordinary builds never include it.
+// handler that blocks would, and GET /burn/N spins the CPU for N ms, as an
+// expensive inline handler would (scripts/stall uses it for its uneven
+// load). Ordinary builds never include it.
 
 import (
 	"strconv"
@@ -17,15 +19,24 @@ import (
 
 func init() {
 	testRoute = func(w *child.Response, r *child.Request) bool {
-		ms, ok := strings.CutPrefix(string(r.Path), "/sleep/")
-		if !ok {
-			return false
+		ms, sleep := strings.CutPrefix(string(r.Path), "/sleep/")
+		if !sleep {
+			var burn bool
+			if ms, burn = strings.CutPrefix(string(r.Path), "/burn/"); !burn {
+				return false
+			}
 		}
 		n, err := strconv.Atoi(ms)
 		if err != nil || n < 0 {
 			return false
 		}
-		time.Sleep(time.Duration(n) * time.Millisecond)
+		d := time.Duration(n) * time.Millisecond
+		if sleep {
+			time.Sleep(d)
+		} else {
+			for start := time.Now(); time.Since(start) < d; {
+			}
+		}
 		w.SetContentType("text/plain")
 		w.WriteString("slept\n")
 		return true

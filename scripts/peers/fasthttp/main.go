@@ -8,12 +8,25 @@ import (
 	"log"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/prefork"
 )
 
 func handle(ctx *fasthttp.RequestCtx) {
+	// /burn/N spins the CPU for N ms, as procpool's test build does, for
+	// scripts/stall's uneven load.
+	if ms, ok := strings.CutPrefix(string(ctx.Path()), "/burn/"); ok {
+		if n, err := strconv.Atoi(ms); err == nil {
+			for start := time.Now(); time.Since(start) < time.Duration(n)*time.Millisecond; {
+			}
+			ctx.SetBodyString("burnt\n")
+			return
+		}
+	}
 	if !ctx.IsGet() || string(ctx.Path()) != "/" {
 		ctx.NotFound()
 		return
