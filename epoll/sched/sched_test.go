@@ -1,4 +1,4 @@
-package epoll_test
+package sched_test
 
 import (
 	"fmt"
@@ -8,18 +8,18 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/epoll/sched"
 	"golang.org/x/sys/unix"
 )
 
 // In the helper process started by runPinned: report GOMAXPROCS before and
 // after SpareP, then exit.
 func init() {
-	if os.Getenv("EPOLL_SPAREP_HELPER") == "" {
+	if os.Getenv("SCHED_SPAREP_HELPER") == "" {
 		return
 	}
 	before := runtime.GOMAXPROCS(0)
-	epoll.SpareP()
+	sched.SpareP()
 	fmt.Printf("%d %d\n", before, runtime.GOMAXPROCS(0))
 	os.Exit(0)
 }
@@ -45,7 +45,7 @@ func runPinned(t *testing.T, env ...string) string {
 	}
 	defer unix.SchedSetaffinity(0, &old)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), append(env, "EPOLL_SPAREP_HELPER=1")...)
+	cmd.Env = append(os.Environ(), append(env, "SCHED_SPAREP_HELPER=1")...)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("helper: %v", err)
