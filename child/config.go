@@ -1,6 +1,7 @@
 package child
 
 import (
+	"log/slog"
 	"time"
 
 	"github.com/procpool/procpool/ipc"
@@ -46,6 +47,8 @@ type Config struct {
 	// Reopen, when set, reopens the child's log files (SIGUSR1 or the
 	// master's CmdReopen).
 	Reopen func()
+	// Log receives the child's own log lines; nil: slog.Default().
+	Log *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -58,5 +61,8 @@ func (c *Config) setDefaults() {
 	}
 	if c.Stats == nil {
 		c.Stats = new(ipc.Cell)
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/epoll/sched"
 	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -51,14 +52,14 @@ type loop struct {
 	sweepAt  int64
 	full     bool // MaxConns reached: the own listener is out of the poll set
 	// Out of fds (reuseport): the own listener is out of the poll set until
-	// resumeAt, so a listener that stays readable is not spun on.
+	// rest.Until, so a listener that stays readable is not spun on.
 	acceptPaused bool
-	resumeAt     int64
-	lastEMFILE   int64 // when that was last logged, to log it once a second
+	rest         ipc.AcceptRest
 	lastAccepts  bool  // drain is taking what is queued on the own listener
 	drainBy      int64 // when idle connections of a draining child close
 	sig          *ipc.SelfPipe
 	turns        uint64 // published in the stats cell: the master's sign of progress
+	yield        sched.Yielder
 }
 
 // Run serves until the master tells the child to stop (nil after a drain) or
@@ -66,7 +67,7 @@ type loop struct {
 // for good: the loop, its epoll set and the CPU pinning belong to that thread.
 func Run(cfg Config, h Handler) error {
 	runtime.LockOSThread()
-	epoll.SpareP() // a pinned child starts with GOMAXPROCS 1
+	sched.SpareP() // a pinned child starts with GOMAXPROCS 1
 	cfg.setDefaults()
 	l, err := newLoop(cfg, h)
 	if err != nil {
@@ -141,7 +142,7 @@ func (l *loop) run() error {
 	for {
 		wait := 1000
 		if l.acceptPaused {
-			wait = int(min(max(0, (l.resumeAt-time.Now().UnixNano())/int64(time.Millisecond)+1), 1000))
+			wait = int(min(max(0, time.Until(l.rest.Until).Milliseconds()+1), 1000))
 		}
 		n, err := l.poller.Wait(l.events, wait)
 		if err != nil {
@@ -180,12 +181,12 @@ func (l *loop) run() error {
 			l.sess.alog.tick(l.sess.clk.now)
 		}
 		now := l.sess.clk.now.UnixNano()
-		l.poller.Yield(now)
+		l.yield.Yield(now)
 		if now >= l.sweepAt {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
 		}
-		if l.acceptPaused && now >= l.resumeAt {
+		if l.acceptPaused && now >= l.rest.Until.UnixNano() {
 			l.acceptPaused = false
 			if !l.full && l.cfg.Listener > 0 {
 				l.poller.Add(l.cfg.Listener, epoll.In)
@@ -212,7 +213,7 @@ func (l *loop) onChannel() error {
 			return ErrMasterGone
 		case err != nil:
 			// A malformed message lost nothing we own (Recv closed its fds).
-			fmt.Fprintf(os.Stderr, "procpool child %d: channel: %v\n", l.cfg.Slot, err)
+			l.cfg.Log.Error("channel", "err", err)
 			continue
 		}
 		switch m.Cmd {
@@ -252,7 +253,7 @@ func (l *loop) reopen() {
 // at most a batch at a time; it reports whether more may be queued.
 func (l *loop) accept() bool {
 	for i := 0; i < maxAdopt; i++ {
-		fd, err := accept4(l.cfg.Listener)
+		fd, err := ipc.Accept(l.cfg.Listener)
 		switch err {
 		case nil:
 			l.register(fd)
@@ -264,28 +265,18 @@ func (l *loop) accept() bool {
 			continue // the peer gave up while queued; take the next one
 		case unix.EAGAIN:
 		case unix.EMFILE, unix.ENFILE:
-			// The connection stays queued, and the listener readable: rest
-			// rather than spin on it (as the master does in fdpass mode).
-			now := time.Now().UnixNano()
 			if !l.acceptPaused && !l.full {
 				l.poller.Delete(l.cfg.Listener)
 			}
 			l.acceptPaused = true
-			l.resumeAt = now + int64(acceptPause)
-			if now-l.lastEMFILE >= int64(time.Second) {
-				l.lastEMFILE = now
-				fmt.Fprintf(os.Stderr, "procpool child %d: accept: out of file descriptors, pausing: %v\n", l.cfg.Slot, err)
-			}
+			l.rest.Begin(time.Now(), l.cfg.Log, err)
 		default:
-			fmt.Fprintf(os.Stderr, "procpool child %d: accept: %v\n", l.cfg.Slot, err)
+			l.cfg.Log.Error("accept", "err", err)
 		}
 		return false
 	}
 	return true
 }
-
-// acceptPause is how long accepting rests when the fd table is full.
-const acceptPause = 100 * time.Millisecond
 
 // register adopts an accepted connection. A draining child serves it too
 // (its answer says Connection: close): it was sent before the master knew.
@@ -418,7 +409,7 @@ func (l *loop) drain(asked bool) {
 	}
 	if !asked {
 		if err := l.ch.Send(ipc.Msg{Cmd: ipc.CmdDraining, Pid: int32(os.Getpid()), Slot: int32(l.cfg.Slot)}, nil); err != nil {
-			fmt.Fprintf(os.Stderr, "procpool child %d: announce drain: %v\n", l.cfg.Slot, err)
+			l.cfg.Log.Error("announce drain", "err", err)
 		}
 	}
 	if l.cfg.Listener > 0 {
@@ -478,16 +469,6 @@ func (l *loop) close() {
 	}
 	l.sig.Close()
 	l.poller.Close()
-}
-
-// accept4 accepts without asking for the peer address, which would allocate.
-func accept4(lfd int) (int, error) {
-	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0,
-		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-	if e != 0 {
-		return -1, e
-	}
-	return int(fd), nil
 }
 
 // peerAddr is the client's address, for the access log.

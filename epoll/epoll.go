@@ -7,7 +7,6 @@ package epoll
 
 import (
 	"os"
-	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -35,8 +34,7 @@ func Writable(e *Event) bool { return e.Events&(Out|Err|Hup) != 0 }
 
 // Poller owns one epoll instance.
 type Poller struct {
-	fd      int
-	yieldAt int64
+	fd int
 }
 
 // Open creates a poller whose descriptor is closed on exec.
@@ -111,34 +109,4 @@ func (p *Poller) Wait(events []Event, msec int) (int, error) {
 // Close releases the epoll instance. Registered fds stay open.
 func (p *Poller) Close() error {
 	return unix.Close(p.fd)
-}
-
-// SpareP raises GOMAXPROCS from 1 to 2 unless the GOMAXPROCS environment
-// variable set it. A loop that sleeps in Wait keeps its P in a syscall. When
-// that P is the only one, none is idle, so sysmon takes it away at once, wakes
-// a thread to spin on it, and stays awake itself: several context switches
-// per sleep, about a quarter of a pinned child's CPU per request under
-// keep-alive load. With a second P idle the runtime leaves a P in a syscall
-// alone for 10 ms. Go sizes GOMAXPROCS by the CPU mask, so a process pinned
-// to one CPU starts with 1.
-func SpareP() {
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
-		runtime.GOMAXPROCS(2)
-	}
-}
-
-// yieldEvery is under sysmon's 10 ms preemption period.
-const yieldEvery = 5e6
-
-// Yield lets other goroutines have the thread every few milliseconds; now is
-// the caller's clock in unix nanoseconds. A loop that always finds work never
-// passes through the scheduler, so every 10 ms sysmon preempts it with a
-// signal and, if it is in epoll_wait at that moment, takes its P away, which
-// also sets sysmon itself polling every 20 µs again. Yielding first avoids
-// both.
-func (p *Poller) Yield(now int64) {
-	if now >= p.yieldAt {
-		p.yieldAt = now + yieldEvery
-		runtime.Gosched()
-	}
 }

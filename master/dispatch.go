@@ -16,8 +16,6 @@ const (
 	// every child's channel is full; past it the master stops accepting and
 	// lets the kernel's backlog hold the rest.
 	maxQueue = 1024
-	// emfilePause is how long accepting rests when the fd table is full.
-	emfilePause = 100 * time.Millisecond
 	// fullRecheck is how often a master whose children are all at MaxConns
 	// looks whether one has room again.
 	fullRecheck = 10 * time.Millisecond
@@ -26,7 +24,7 @@ const (
 // accept takes every pending connection (up to maxAccept) into the queue.
 func (m *Master) accept() {
 	for i := 0; i < maxAccept && len(m.queue) < maxQueue; i++ {
-		fd, err := accept4(m.lfd)
+		fd, err := ipc.Accept(m.lfd)
 		switch err {
 		case nil:
 			m.queue = append(m.queue, fd)
@@ -35,14 +33,7 @@ func (m *Master) accept() {
 			continue // the client gave up while queued; take the next one
 		case unix.EAGAIN:
 		case unix.EMFILE, unix.ENFILE:
-			// Out of fds: the connection stays in the backlog. Rest instead
-			// of spinning on a listener that stays readable.
-			now := time.Now()
-			m.pausedUntil = now.Add(emfilePause)
-			if now.Sub(m.lastEMFILE) >= time.Second {
-				m.lastEMFILE = now
-				m.log.Error("accept: out of file descriptors, pausing", "err", err)
-			}
+			m.rest.Begin(time.Now(), m.log, err)
 		default:
 			m.log.Error("accept", "err", err)
 		}
@@ -154,7 +145,7 @@ func (m *Master) send(k *kid) bool {
 // there is somewhere to put new connections.
 func (m *Master) updateAccepting(now time.Time) {
 	want := m.stopping == running && m.lfd >= 0 && m.cfg.Mode == ModeFdpass &&
-		len(m.queue) < maxQueue && !now.Before(m.pausedUntil) && m.anyRoom()
+		len(m.queue) < maxQueue && !now.Before(m.rest.Until) && m.anyRoom()
 	if want == m.accepting {
 		return
 	}
@@ -184,14 +175,4 @@ func (m *Master) anyRoom() bool {
 	}
 	m.allFull = len(m.targets) > 0
 	return false
-}
-
-// accept4 accepts without asking for the peer address, which would allocate.
-func accept4(lfd int) (int, error) {
-	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0,
-		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-	if e != 0 {
-		return -1, e
-	}
-	return int(fd), nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/epoll/sched"
 	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -122,11 +123,10 @@ type Master struct {
 	retired   ipc.Snapshot // counts of children that are gone
 	admin     *admin       // nil without -admin
 
-	queue       []int // accepted fds not yet handed to a child
-	accepting   bool
-	allFull     bool // every target child is at MaxConns
-	pausedUntil time.Time
-	lastEMFILE  time.Time
+	queue     []int // accepted fds not yet handed to a child
+	accepting bool
+	allFull   bool           // every target child is at MaxConns
+	rest      ipc.AcceptRest // out of fds: accepting rests
 
 	upgradePid      int
 	upgradeFd       int // read end of the new master's readiness pipe, -1 when none
@@ -142,6 +142,7 @@ type Master struct {
 
 	events []epoll.Event
 	fds    []int
+	yield  sched.Yielder
 }
 
 // Run serves until a stop signal and returns nil after a clean stop. It
@@ -151,7 +152,7 @@ func Run(cfg Config) error {
 	// Children are forked from this thread: pinning (see forkExecPinned) and
 	// PR_SET_PDEATHSIG both belong to it, so it must stay this goroutine's.
 	runtime.LockOSThread()
-	epoll.SpareP()
+	sched.SpareP()
 	m, err := start(cfg)
 	if err != nil {
 		return err
@@ -249,7 +250,7 @@ func (m *Master) loop() error {
 			m.checkUpgrade(now)
 		}
 		m.updateAccepting(now)
-		m.poller.Yield(now.UnixNano())
+		m.yield.Yield(now.UnixNano())
 
 		n, err := m.poller.Wait(m.events, m.timeout())
 		if err != nil {
@@ -328,7 +329,7 @@ func (m *Master) timeout() int {
 	for i := range m.slots {
 		consider(m.slots[i].respawnAt)
 	}
-	consider(m.pausedUntil)
+	consider(m.rest.Until)
 	m.nextStallCheck(consider)
 	if m.allFull {
 		consider(now.Add(fullRecheck))
