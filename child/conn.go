@@ -25,6 +25,7 @@ type conn struct {
 	linger     int        // bytes still accepted while lingering
 	busy       bool       // a pool worker holds it; the loop keeps its hands off
 	polled     bool       // in the epoll set (it is not while first served)
+	pending    bool       // in holds bytes another child read and nobody parsed yet
 	peer       netip.Addr // the client, only kept for the access log
 }
 
@@ -44,6 +45,7 @@ const (
 	stReading           // armed for EPOLLIN
 	stWriting           // armed for EPOLLOUT, out holds the tail
 	stLinger            // write side shut down, reading to discard
+	stHanded            // out of the poll set, waiting to go back to the master
 )
 
 // verdict is what happens to a connection once its output is flushed.

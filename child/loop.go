@@ -60,6 +60,14 @@ type loop struct {
 	sig          *ipc.SelfPipe
 	turns        uint64 // published in the stats cell: the master's sign of progress
 	yield        sched.Yielder
+	pid          int
+	// Hand-back (handback.go): retiring is set by the master's CmdRetire;
+	// back holds connections waiting to go back to the master, sentBatch
+	// those of the batch being sent.
+	retiring  bool
+	retireBy  int64
+	back      []*conn
+	sentBatch []*conn
 }
 
 // Run serves until the master tells the child to stop (nil after a drain) or
@@ -95,6 +103,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 		ch:     ipc.NewChannel(cfg.Channel),
 		events: make([]epoll.Event, 256),
 		fds:    make([]int, 0, ipc.MaxFds),
+		pid:    os.Getpid(),
 	}
 	l.sess = newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
 	l.sess.alog = newLogBuf(cfg.AccessLog)
@@ -192,7 +201,8 @@ func (l *loop) run() error {
 				l.poller.Add(l.cfg.Listener, epoll.In)
 			}
 		}
-		if l.draining.Load() && l.open == 0 && !l.channelHolds() {
+		l.flushBack()
+		if (l.draining.Load() || l.retiring) && l.open == 0 && !l.channelHolds() {
 			return nil
 		}
 	}
@@ -219,9 +229,14 @@ func (l *loop) onChannel() error {
 		switch m.Cmd {
 		case ipc.CmdFds:
 			for _, fd := range fds {
-				l.register(fd)
+				l.register(fd, nil)
 			}
 			taken += len(fds)
+		case ipc.CmdConn:
+			l.register(fds[0], l.ch.Data())
+			taken++
+		case ipc.CmdRetire:
+			l.retire(time.Duration(m.Arg) * time.Millisecond)
 		case ipc.CmdDrain:
 			l.drain(true)
 		case ipc.CmdStop:
@@ -256,7 +271,7 @@ func (l *loop) accept() bool {
 		fd, err := ipc.Accept(l.cfg.Listener)
 		switch err {
 		case nil:
-			l.register(fd)
+			l.register(fd, nil)
 			if l.full && !l.lastAccepts {
 				return false // at MaxConns: the rest is for siblings with room
 			}
@@ -278,9 +293,11 @@ func (l *loop) accept() bool {
 	return true
 }
 
-// register adopts an accepted connection. A draining child serves it too
-// (its answer says Connection: close): it was sent before the master knew.
-func (l *loop) register(fd int) {
+// register adopts an accepted connection, or one another child handed back
+// with carried, the bytes it had already read from it. A draining child
+// serves it too (its answer says Connection: close): it was sent before the
+// master knew.
+func (l *loop) register(fd int, carried []byte) {
 	// Responses go out in one write each; Nagle would hold the next one back.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	for fd >= len(l.conns) {
@@ -296,6 +313,14 @@ func (l *loop) register(fd int) {
 	l.conns[fd] = c
 	l.open++
 	l.cfg.Stats.Accepted.Add(1)
+	if len(carried) > 0 {
+		c.in = append(getBuf(len(carried)), carried...)
+		c.pending = true // served from c.in before anything is read
+		if l.pool != nil {
+			l.pool.submit(c)
+			return
+		}
+	}
 	if l.cfg.MaxConns > 0 && l.open >= l.cfg.MaxConns && l.cfg.Listener > 0 && !l.full {
 		l.full = true // reuseport: leave the rest to siblings with room
 		l.poller.Delete(l.cfg.Listener)
@@ -336,6 +361,11 @@ func (l *loop) onConn(fd int, ev *epoll.Event) {
 
 // serve handles the event a connection was armed for.
 func (s *session) serve(c *conn) action {
+	if c.pending {
+		c.pending = false
+		s.clk.tick()
+		return s.answer(c, c.in, true)
+	}
 	if c.out != nil {
 		return s.onWritable(c)
 	}
@@ -344,6 +374,10 @@ func (s *session) serve(c *conn) action {
 
 // apply carries out what serving decided: re-arm or close.
 func (l *loop) apply(c *conn, a action) {
+	if a == aRead && l.retiring && l.handBackable(c) {
+		l.handBack(c)
+		return
+	}
 	if a == aRead && c.state != stLinger {
 		c.state = stReading
 		if l.draining.Load() && c.in == nil && c.out == nil {
@@ -391,11 +425,15 @@ func (l *loop) closeConn(c *conn) {
 // sweep closes connections whose deadline has passed. Connections with a
 // pool worker are skipped: they are not idle.
 func (l *loop) sweep(now int64) {
+	late := l.retiring && now >= l.retireBy // a retired child's grace is over
 	for _, c := range l.conns {
-		if c != nil && !c.busy && c.deadline != 0 && c.deadline <= now {
+		if c != nil && !c.busy && (late || c.state != stHanded && c.deadline != 0 && c.deadline <= now) {
 			l.cfg.Stats.Timeouts.Add(1)
 			l.closeConn(c)
 		}
+	}
+	if late {
+		l.back = l.back[:0] // closed above
 	}
 }
 
@@ -412,21 +450,7 @@ func (l *loop) drain(asked bool) {
 			l.cfg.Log.Error("announce drain", "err", err)
 		}
 	}
-	if l.cfg.Listener > 0 {
-		// Take what is queued on our listener before closing it: the kernel
-		// resets whatever is still queued at the close (unless
-		// net.ipv4.tcp_migrate_req moves it to a sibling). These are adopted,
-		// not served at once, so that their first answer, given once
-		// draining is set below, already says Connection: close.
-		l.lastAccepts = true
-		for l.accept() {
-		}
-		l.lastAccepts = false
-		l.poller.Delete(l.cfg.Listener)
-		unix.Close(l.cfg.Listener)
-		l.cfg.Listener = -1
-		l.full = false
-	}
+	l.closeListener()
 	l.draining.Store(true)
 	// An idle keep-alive connection is not closed at once: its client may
 	// have a request on the wire already, and would see the close instead
@@ -438,6 +462,26 @@ func (l *loop) drain(asked bool) {
 			c.deadline = min(c.deadline, l.drainBy)
 		}
 	}
+}
+
+// closeListener stops accepting on the child's own listener (reuseport).
+// What is queued on it is taken first: the kernel resets whatever is still
+// queued at the close (unless net.ipv4.tcp_migrate_req moves it to a
+// sibling). These are adopted, not served at once, so that the first answer
+// of a draining child already says Connection: close, and a retiring child
+// hands them back untouched.
+func (l *loop) closeListener() {
+	if l.cfg.Listener <= 0 {
+		return
+	}
+	l.lastAccepts = true
+	for l.accept() {
+	}
+	l.lastAccepts = false
+	l.poller.Delete(l.cfg.Listener)
+	unix.Close(l.cfg.Listener)
+	l.cfg.Listener = -1
+	l.full = false
 }
 
 // channelHolds takes what is still queued on the channel and reports

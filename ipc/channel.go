@@ -34,7 +34,8 @@ func Pair() (master, child int, err error) {
 // receiving reuse, so neither allocates. A Channel is used by one goroutine.
 type Channel struct {
 	Fd  int
-	buf [MsgSize]byte
+	buf [MsgSize + MaxData]byte
+	n   int // size of the last message received
 	oob []byte
 }
 
@@ -52,12 +53,36 @@ func (c *Channel) Close() error { return unix.Close(c.Fd) }
 // peer holds its own references. A full channel gives ErrAgain and sends
 // nothing.
 func (c *Channel) Send(m Msg, fds []int) error {
-	if len(fds) > MaxFds || (len(fds) > 0) != (m.Cmd == CmdFds) {
+	if len(fds) > MaxFds || (len(fds) > 0) != (m.Cmd == CmdFds) || m.Cmd == CmdConn {
 		return ErrBadMsg
 	}
 	m.Arg = uint32(len(fds))
 	if m.Cmd != CmdFds {
 		m.Arg = 0
+	}
+	return c.send(m, fds, nil)
+}
+
+// SendConn sends one connection with the bytes already read from it (at
+// most MaxData), as CmdConn. Ownership of fd is as for Send.
+func (c *Channel) SendConn(m Msg, fd int, data []byte) error {
+	if len(data) > MaxData {
+		return ErrBadMsg
+	}
+	m.Cmd, m.Arg = CmdConn, uint32(len(data))
+	copy(c.buf[MsgSize:], data)
+	return c.send(m, []int{fd}, c.buf[:MsgSize+len(data)])
+}
+
+// Data is what came after the header of the last message Recv returned
+// (a CmdConn's bytes); it is valid until the next Recv.
+func (c *Channel) Data() []byte { return c.buf[MsgSize:c.n] }
+
+// send sends m with fds attached; payload, when given, is the whole message
+// (header and data) already in c.buf.
+func (c *Channel) send(m Msg, fds []int, payload []byte) error {
+	if payload == nil {
+		payload = c.buf[:MsgSize]
 	}
 	m.Marshal(c.buf[:])
 	var oob []byte
@@ -73,7 +98,7 @@ func (c *Channel) Send(m Msg, fds []int) error {
 		}
 	}
 	for {
-		_, err := sendmsg(c.Fd, c.buf[:], oob, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		_, err := sendmsg(c.Fd, payload, oob, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		switch err {
 		case nil:
 			return nil
@@ -112,10 +137,19 @@ func (c *Channel) Recv(fds []int) (Msg, []int, error) {
 		if flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 {
 			return Msg{}, closeAll(fds), ErrTruncated
 		}
-		m, err := Unmarshal(c.buf[:n])
-		if err != nil || (m.Cmd == CmdFds) != (len(fds) > 0) || (m.Cmd == CmdFds && int(m.Arg) != len(fds)) {
+		if n < MsgSize {
 			return Msg{}, closeAll(fds), ErrBadMsg
 		}
+		m, err := Unmarshal(c.buf[:MsgSize])
+		withFds := m.Cmd == CmdFds || m.Cmd == CmdConn
+		switch {
+		case err != nil, withFds != (len(fds) > 0),
+			m.Cmd == CmdFds && int(m.Arg) != len(fds),
+			m.Cmd == CmdConn && (len(fds) != 1 || int(m.Arg) != n-MsgSize),
+			m.Cmd != CmdConn && n != MsgSize:
+			return Msg{}, closeAll(fds), ErrBadMsg
+		}
+		c.n = n
 		return m, fds, nil
 	}
 }

@@ -67,7 +67,7 @@ func TestRecvTruncatedPayload(t *testing.T) {
 	before := openFds(t)
 
 	fds := dups(t, p.w, 2)
-	long := append(raw(uint32(ipc.CmdFds), 1, 0, 2), make([]byte, 8)...)
+	long := append(raw(uint32(ipc.CmdConn), 1, 0, 2), make([]byte, ipc.MaxData+8)...)
 	rawSend(t, a.Fd, long, fds)
 	closeFds(fds)
 	expectRefused(t, a, b, p, before, ipc.ErrTruncated)

@@ -100,6 +100,9 @@ func expectReply(t *testing.T, c net.Conn, want string) {
 func TestSendRecvPlain(t *testing.T) {
 	a, b := pair(t)
 	for i, cmd := range allCmds[1:] {
+		if cmd == ipc.CmdConn {
+			continue // always carries a connection: TestSendConn
+		}
 		m := ipc.Msg{Cmd: cmd, Pid: int32(1000 + i), Slot: int32(i)}
 		send(t, a, m, nil)
 		got, fds := recv(t, b)
@@ -114,6 +117,34 @@ func TestSendRecvPlain(t *testing.T) {
 		t.Errorf("sent %+v, received %+v", m, got)
 	}
 	expectEmpty(t, a)
+	expectEmpty(t, b)
+}
+
+// A connection travels with the bytes already read from it; they arrive
+// whole, beside exactly that connection, and a message that says otherwise
+// is refused with its fds closed.
+func TestSendConn(t *testing.T) {
+	a, b := pair(t)
+	clients, served := loopbackConns(t, 1)
+	data := []byte("GET /half HTTP/1.1\r\nHo")
+	if err := a.SendConn(ipc.Msg{Pid: 1, Slot: 2}, served[0], data); err != nil {
+		t.Fatal(err)
+	}
+	m, fds := recv(t, b)
+	if m.Cmd != ipc.CmdConn || int(m.Arg) != len(data) || len(fds) != 1 || string(b.Data()) != string(data) {
+		t.Fatalf("received %+v with %d fds and %q; want conn with %q", m, len(fds), b.Data(), data)
+	}
+	unix.Write(fds[0], []byte("over the handed connection"))
+	unix.Close(fds[0])
+	unix.Close(served[0])
+	expectReply(t, clients[0], "over the handed connection")
+
+	if err := a.SendConn(ipc.Msg{}, 0, make([]byte, ipc.MaxData+1)); err != ipc.ErrBadMsg {
+		t.Errorf("SendConn of %d bytes: %v, want ErrBadMsg", ipc.MaxData+1, err)
+	}
+	if err := a.Send(ipc.Msg{Cmd: ipc.CmdConn}, nil); err != ipc.ErrBadMsg {
+		t.Errorf("Send of a conn without its connection: %v, want ErrBadMsg", err)
+	}
 	expectEmpty(t, b)
 }
 

@@ -12,6 +12,10 @@ const MsgSize = 16
 // MaxFds is the most descriptors one message carries (SCM_MAX_FD in the kernel).
 const MaxFds = 253
 
+// MaxData is the most bytes a CmdConn message carries after its header. A
+// connection with more already read than this cannot be handed on.
+const MaxData = 16 << 10
+
 // Cmd names what a message asks for or announces.
 type Cmd uint32
 
@@ -29,6 +33,14 @@ const (
 	// CmdDraining tells the master that a child began to drain on its own
 	// (a SIGTERM sent to it directly), so it gets no new connections.
 	CmdDraining // child → master: draining; send me nothing more
+	// CmdRetire asks a child to finish what it is doing and hand every
+	// connection back as soon as it is idle between requests; Arg is the
+	// deadline in milliseconds after which it closes what it still holds.
+	CmdRetire // master → child: hand your connections back, then exit
+	// CmdConn carries one connection and the bytes of its next request that
+	// were already read (Arg of them, after the header): a retired child
+	// hands it back, and the master deals it on.
+	CmdConn // either way: a connection with bytes already read from it
 	cmdLimit
 )
 
@@ -40,6 +52,8 @@ var cmdNames = [...]string{
 	CmdReopen:   "reopen",
 	CmdPing:     "ping",
 	CmdDraining: "draining",
+	CmdRetire:   "retire",
+	CmdConn:     "conn",
 }
 
 func (c Cmd) String() string {
@@ -85,6 +99,9 @@ func Unmarshal(b []byte) (Msg, error) {
 		return Msg{}, ErrBadMsg
 	}
 	if m.Cmd == CmdFds && (m.Arg == 0 || m.Arg > MaxFds) {
+		return Msg{}, ErrBadMsg
+	}
+	if m.Cmd == CmdConn && m.Arg > MaxData {
 		return Msg{}, ErrBadMsg
 	}
 	return m, nil

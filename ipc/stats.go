@@ -47,11 +47,12 @@ type Cell struct {
 	// ReqPath entered its handler (unix ns; 0: none; -1: being written):
 	// in inline mode the one request the loop runs, in pool mode the first
 	// of those running that claimed the slot.
-	Turns     atomic.Uint64
-	InFlight  atomic.Int64
-	ReqStart  atomic.Int64
-	ReqMethod [8]byte
-	ReqPath   [48]byte
+	Turns      atomic.Uint64
+	HandedBack atomic.Uint64 // connections given back to the master when retired
+	InFlight   atomic.Int64
+	ReqStart   atomic.Int64
+	ReqMethod  [8]byte
+	ReqPath    [48]byte
 }
 
 var _ [CellSize - unsafe.Sizeof(Cell{})]byte // a Cell must fit its slot
@@ -120,6 +121,7 @@ func (s *Stats) Reset(i int) {
 	c.ParseErrors.Store(0)
 	c.Timeouts.Store(0)
 	c.Turns.Store(0)
+	c.HandedBack.Store(0)
 	c.InFlight.Store(0)
 	c.ReqStart.Store(0)
 	c.ReqMethod = [8]byte{}
@@ -197,6 +199,7 @@ type Snapshot struct {
 	Accepted, Closed, Requests, BytesIn, BytesOut uint64
 	Responses                                     [6]uint64
 	ParseErrors, Timeouts                         uint64
+	HandedBack                                    uint64
 }
 
 // Load copies the counters.
@@ -205,6 +208,7 @@ func (c *Cell) Load() Snapshot {
 		Accepted: c.Accepted.Load(), Closed: c.Closed.Load(), Requests: c.Requests.Load(),
 		BytesIn: c.BytesIn.Load(), BytesOut: c.BytesOut.Load(),
 		ParseErrors: c.ParseErrors.Load(), Timeouts: c.Timeouts.Load(),
+		HandedBack: c.HandedBack.Load(),
 	}
 	for i := range c.Responses {
 		s.Responses[i] = c.Responses[i].Load()
@@ -224,4 +228,5 @@ func (s *Snapshot) Add(o Snapshot) {
 	}
 	s.ParseErrors += o.ParseErrors
 	s.Timeouts += o.Timeouts
+	s.HandedBack += o.HandedBack
 }

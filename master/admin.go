@@ -273,6 +273,8 @@ type ChildStatus struct {
 	// it owed some (0 when it owes nothing).
 	SinceProgress float64 `json:"since_progress_seconds"`
 	TakenBack     uint64  `json:"taken_back"`
+	// HandedBack counts the connections the child gave back when retired.
+	HandedBack uint64 `json:"handed_back"`
 	// WatchdogKills counts the children of this slot the watchdog killed.
 	WatchdogKills uint64 `json:"watchdog_kills"`
 	InFlight      int64  `json:"in_flight"`
@@ -350,6 +352,7 @@ func (a *admin) progress(cs *ChildStatus, c childView) {
 		cs.SinceProgress = time.Duration(now - c.h.progressAt.Load()).Seconds()
 	}
 	cs.TakenBack = c.h.takenBack.Load()
+	cs.HandedBack = cell.HandedBack.Load()
 	cs.WatchdogKills = c.watchdogKills
 	cs.InFlight = cell.InFlight.Load()
 	if method, path, start, ok := cell.Current(); ok {

@@ -112,12 +112,13 @@ func (m *Master) canTake(k *kid) bool {
 // send delivers k.batch. It reports whether some fds could not be sent; those
 // go back to the queue.
 func (m *Master) send(k *kid) bool {
-	b := k.batch
-	if len(b) > 0 && m.backlog(k) == 0 {
+	if len(k.batch) > 0 && m.backlog(k) == 0 {
 		// It owed nothing until now: the stall clock starts here.
 		k.h.progressAt.Store(m.now().UnixNano())
 	}
-	for len(b) > 0 {
+	m.sendCarried(k) // connections with bytes go one a message; a full channel sets k.full
+	b := k.batch
+	for len(b) > 0 && !k.full {
 		n := min(len(b), ipc.MaxFds)
 		err := k.ch.Send(ipc.Msg{Cmd: ipc.CmdFds, Pid: int32(k.pid), Slot: int32(k.slot)}, b[:n])
 		if err != nil {

@@ -45,6 +45,10 @@ type kid struct {
 	// it was logged.
 	stalledAt int64
 	warned    bool
+	// retireBy is when a retired child must be gone; handedBack counts the
+	// connections it sent back.
+	retireBy   time.Time
+	handedBack int
 }
 
 func (k *kid) closeChannel() {
@@ -262,6 +266,7 @@ func (m *Master) reap() {
 func (m *Master) bury(k *kid) {
 	if k.ch != nil {
 		m.poller.Delete(k.ch.Fd)
+		m.lastWords(k)
 		k.ch.Close()
 		k.ch = nil // takeBack must not send the dead child its commands again
 	}
@@ -312,8 +317,9 @@ func (m *Master) onChannel(k *kid, ev *epoll.Event) {
 	}
 	for i := 0; i < maxChannelMsgs && k.ch != nil; i++ {
 		msg, fds, err := k.ch.Recv(m.fds)
-		for _, fd := range fds {
-			unix.Close(fd) // children have no business sending fds
+		if len(fds) > 0 { // a CmdFds or CmdConn: connections handed back
+			m.takeConns(k, msg, fds)
+			continue
 		}
 		switch {
 		case err == ipc.ErrAgain:
@@ -322,6 +328,9 @@ func (m *Master) onChannel(k *kid, ev *epoll.Event) {
 			// Our own code at the other end sent nonsense: the child is
 			// broken, and a silent hang is worse than a replacement.
 			m.log.Error("child sent a malformed message; killing it", "pid", k.pid, "slot", k.slot, "err", err)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
 			m.poller.Delete(k.ch.Fd)
 			unix.Kill(k.pid, unix.SIGKILL)
 			k.killed = true
@@ -395,24 +404,29 @@ func (m *Master) hasReady(slot, gen int) bool {
 func (m *Master) retire(k *kid) {
 	k.state = draining
 	m.log.Info("child draining", "pid", k.pid, "slot", k.slot, "gen", k.gen)
-	if m.stopping == running {
+	cmd, arg := m.retireCmd()
+	if cmd == ipc.CmdRetire {
 		m.takeBack(k)
+		k.retireBy = m.now().Add(m.cfg.Grace + retireSlack)
 	}
-	m.tell(k, ipc.CmdDrain)
+	m.tellArg(k, cmd, arg)
 	m.retarget()
 }
 
 // tell sends cmd to a child; when its channel is full or broken the same
 // request goes as a signal, which the child handles the same way.
-func (m *Master) tell(k *kid, cmd ipc.Cmd) {
+func (m *Master) tell(k *kid, cmd ipc.Cmd) { m.tellArg(k, cmd, 0) }
+
+// tellArg is tell with the command's argument.
+func (m *Master) tellArg(k *kid, cmd ipc.Cmd, arg uint32) {
 	if k.ch != nil {
-		err := k.ch.Send(ipc.Msg{Cmd: cmd, Pid: int32(os.Getpid()), Slot: int32(k.slot)}, nil)
+		err := k.ch.Send(ipc.Msg{Cmd: cmd, Pid: int32(os.Getpid()), Slot: int32(k.slot), Arg: arg}, nil)
 		if err == nil {
 			return
 		}
 	}
 	switch cmd {
-	case ipc.CmdDrain:
+	case ipc.CmdDrain, ipc.CmdRetire: // a signal cannot ask for the hand-back: the child drains
 		unix.Kill(k.pid, unix.SIGTERM)
 	case ipc.CmdStop:
 		unix.Kill(k.pid, unix.SIGINT)

@@ -114,6 +114,7 @@ type Master struct {
 	now     func() time.Time // the clock; tests of decisions set their own
 	serving int              // the newest generation all of whose children were ready
 	peerCh  *ipc.Channel     // reads the children's ends of channels, to take back
+	carried map[int][]byte   // bytes already read from queued connections that were handed back
 	slots   []slotState
 	cpus    []int
 
@@ -175,7 +176,7 @@ func start(cfg Config) (*Master, error) {
 	raiseNofile(cfg.Log)
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs(),
-		peerCh: ipc.NewChannel(-1), now: time.Now}
+		peerCh: ipc.NewChannel(-1), now: time.Now, carried: map[int][]byte{}}
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, os.NewSyscallError("open /dev/null", err)
@@ -395,7 +396,7 @@ func (m *Master) killAll() {
 func (m *Master) close() {
 	m.closeListener()
 	for _, fd := range m.queue {
-		unix.Close(fd)
+		m.forget(fd)
 	}
 	m.queue = nil
 	for _, k := range m.kids {

@@ -56,6 +56,7 @@ func (a *admin) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		{"procpool_child_backlog_connections", "Connections waiting in the child's channel.", "gauge", func(c *ChildStatus) string { return u(c.Backlog) }},
 		{"procpool_child_stalled", "1 while the child has a backlog and shows no progress for -stall.", "gauge", func(c *ChildStatus) string { return b(c.Stalled) }},
 		{"procpool_child_seconds_since_progress", "Seconds since the child last showed progress while it owed some (0: owes nothing).", "gauge", func(c *ChildStatus) string { return strconv.FormatFloat(c.SinceProgress, 'g', -1, 64) }},
+		{"procpool_child_handed_back_connections_total", "Connections the retired child handed back.", "counter", func(c *ChildStatus) string { return u(c.HandedBack) }},
 		{"procpool_child_taken_back_connections_total", "Connections taken back out of the child's channel and dealt to others.", "counter", func(c *ChildStatus) string { return u(c.TakenBack) }},
 		{"procpool_child_watchdog_kills_total", "Children of this slot the watchdog killed.", "counter", func(c *ChildStatus) string { return u(c.WatchdogKills) }},
 		{"procpool_child_in_flight_requests", "Requests in a handler of the child now.", "gauge", func(c *ChildStatus) string { return strconv.FormatInt(c.InFlight, 10) }},
@@ -90,7 +91,10 @@ func writeTotals(w io.Writer, t ipc.Snapshot) {
 		name, help string
 		v          uint64
 	}{
-		{"procpool_accepted_connections_total", "Connections taken by all children, past and present.", t.Accepted},
+		// A connection handed back at a reload is taken again by its next
+		// child; the server accepted it once.
+		{"procpool_accepted_connections_total", "Connections accepted, by all children past and present.", t.Accepted - t.HandedBack},
+		{"procpool_handed_back_connections_total", "Keep-alive connections retired children handed back to be served on.", t.HandedBack},
 		{"procpool_requests_total", "Requests answered by all children, past and present.", t.Requests},
 		{"procpool_received_bytes_total", "Bytes read by all children, past and present.", t.BytesIn},
 		{"procpool_sent_bytes_total", "Bytes written by all children, past and present.", t.BytesOut},

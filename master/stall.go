@@ -128,6 +128,7 @@ func (m *Master) observe(now time.Time) {
 	if changed {
 		m.retarget()
 	}
+	m.overdue(now)
 }
 
 // watch warns once about a child stalled for a second, and kills one stalled
@@ -171,7 +172,7 @@ func (m *Master) takeBack(k *kid) int {
 		return 0
 	}
 	m.peerCh.Fd = k.peer
-	var cmds []ipc.Cmd
+	var cmds []ipc.Msg
 	var taken []int
 	for {
 		msg, fds, err := m.peerCh.Recv(m.fds)
@@ -184,9 +185,12 @@ func (m *Master) takeBack(k *kid) int {
 		switch msg.Cmd {
 		case ipc.CmdFds:
 			taken = append(taken, fds...)
+		case ipc.CmdConn:
+			taken = append(taken, fds...)
+			m.carried[fds[0]] = append([]byte(nil), m.peerCh.Data()...)
 		case ipc.CmdPing:
 		default:
-			cmds = append(cmds, msg.Cmd)
+			cmds = append(cmds, msg)
 		}
 	}
 	if n := len(taken); n > 0 {
@@ -196,7 +200,7 @@ func (m *Master) takeBack(k *kid) int {
 	}
 	for _, c := range cmds {
 		if k.ch != nil { // a dead child's pid may already be someone else's
-			m.tell(k, c)
+			m.tellArg(k, c.Cmd, c.Arg)
 		}
 	}
 	return len(taken)
@@ -209,6 +213,9 @@ func (m *Master) nextStallCheck(consider func(time.Time)) {
 	for _, k := range m.kids {
 		if k.cell < 0 || k.killed {
 			continue
+		}
+		if !k.retireBy.IsZero() {
+			consider(k.retireBy)
 		}
 		switch {
 		case k.h.stalled.Load():

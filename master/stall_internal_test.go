@@ -84,7 +84,7 @@ func newTestMaster(t *testing.T, n int, cfg Config) (*Master, []testKid) {
 	cfg.Mode = ModeFdpass
 	cfg.setDefaults()
 	m := &Master{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), lfd: -1,
-		fds: make([]int, 0, ipc.MaxFds), peerCh: ipc.NewChannel(-1), now: time.Now}
+		fds: make([]int, 0, ipc.MaxFds), peerCh: ipc.NewChannel(-1), now: time.Now, carried: map[int][]byte{}}
 	var err error
 	if m.stats, err = ipc.NewStats(); err != nil {
 		t.Fatal(err)
@@ -288,18 +288,71 @@ func inodes(t *testing.T, fds []int) []uint64 {
 	return l
 }
 
-// Retiring a child takes back what is queued for it, so its drain command
+// Retiring a child takes back what is queued for it, so its retire command
 // fits in the channel and nothing queued waits for a child on its way out.
 func TestRetireTakesBack(t *testing.T) {
 	m, kids := newTestMaster(t, 2, Config{Stall: -1})
 	m.queue = conns(t, 4)
 	m.dispatch()
 	m.retire(kids[0].kid)
-	if n, cmds := kids[0].take(t); n != 0 || len(cmds) != 1 || cmds[0] != ipc.CmdDrain {
-		t.Fatalf("retired child's channel: %d fds, %v; want only drain", n, cmds)
+	if n, cmds := kids[0].take(t); n != 0 || len(cmds) != 1 || cmds[0] != ipc.CmdRetire {
+		t.Fatalf("retired child's channel: %d fds, %v; want only retire", n, cmds)
 	}
 	m.dispatch()
 	if n, _ := kids[1].take(t); n != 4 {
 		t.Fatalf("the other child got %d, want all 4", n)
+	}
+}
+
+// A retired child hands connections back, some with bytes it had read; the
+// master deals them to the serving children, each with its own bytes. A
+// serving child that sends connections has them closed.
+func TestHandBackDealsCarriedBytes(t *testing.T) {
+	m, kids := newTestMaster(t, 2, Config{Stall: -1})
+	m.retire(kids[0].kid)
+	kids[0].take(t)
+	plain, carried := conns(t, 1)[0], conns(t, 1)[0]
+	if err := kids[0].far.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{plain}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kids[0].far.SendConn(ipc.Msg{}, carried, []byte("GET / HT")); err != nil {
+		t.Fatal(err)
+	}
+	want := inodes(t, []int{plain, carried})
+	m.onChannel(kids[0].kid, &epoll.Event{Events: epoll.In})
+	if len(m.queue) != 2 || kids[0].handedBack != 2 {
+		t.Fatalf("queue %d, handed back %d; want 2, 2", len(m.queue), kids[0].handedBack)
+	}
+	m.dispatch()
+	buf := make([]int, 0, ipc.MaxFds)
+	var got []uint64
+	for {
+		msg, fds, err := kids[1].far.Recv(buf)
+		if err == ipc.ErrAgain {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range fds {
+			closeLater(t, fd)
+		}
+		got = append(got, inodes(t, fds)...)
+		if msg.Cmd == ipc.CmdConn && string(kids[1].far.Data()) != "GET / HT" {
+			t.Errorf("carried bytes %q, want %q", kids[1].far.Data(), "GET / HT")
+		}
+		if msg.Cmd == ipc.CmdConn && inodes(t, fds)[0] != want[1] {
+			t.Error("the bytes came with another connection")
+		}
+	}
+	if len(got) != 2 || len(m.carried) != 0 {
+		t.Fatalf("serving child got %d connections (carried left %d), want both", len(got), len(m.carried))
+	}
+
+	stray := conns(t, 1)[0]
+	kids[1].far.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{stray})
+	m.onChannel(kids[1].kid, &epoll.Event{Events: epoll.In})
+	if len(m.queue) != 0 {
+		t.Fatal("a serving child's connections were queued")
 	}
 }

@@ -1,0 +1,110 @@
+package main
+
+// Hand-back against the real binary: a reload retires the children, which
+// give their keep-alive connections back to the master instead of closing
+// them; the clients go on on the same connections, and a request split
+// across the moment of hand-back is answered once, in order.
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// reloadAndWait sends SIGHUP and waits until every child of the generation
+// before it has exited.
+func reloadAndWait(t *testing.T, s *server, gen int) {
+	t.Helper()
+	syscall.Kill(s.pid, syscall.SIGHUP)
+	waitLog(t, s, fmt.Sprintf(`msg="reload done" gen=%d`, gen+1))
+	if !s.log.waitFor(ioTimeout, s.exited, func(lines []string) bool {
+		live := map[int]bool{}
+		for _, k := range parseKids(lines, reSpawned) {
+			if k.gen == gen {
+				live[k.pid] = true
+			}
+		}
+		for _, l := range lines {
+			if strings.Contains(l, `msg="child exited"`) {
+				for pid := range live {
+					if strings.Contains(l, fmt.Sprintf("pid=%d ", pid)) {
+						delete(live, pid)
+					}
+				}
+			}
+		}
+		return len(live) == 0
+	}) {
+		t.Fatalf("generation %d still running after the reload; log:\n%s", gen, s.log)
+	}
+}
+
+func TestReloadKeepsConnections(t *testing.T) {
+	for _, mode := range []string{"fdpass", "reuseport"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t, "-workers=2", "-affinity=false", "-mode="+mode)
+			s.waitReady(2)
+			const n = 20
+			conns := make([]*clientConn, n)
+			for i := range conns {
+				conns[i] = s.dial(t)
+			}
+			ask := func(round int) {
+				t.Helper()
+				for i, c := range conns {
+					path := fmt.Sprintf("/echo?r=%d&c=%d", round, i)
+					body := fmt.Sprintf("round %d conn %d", round, i)
+					r, err := c.roundTrip(fmt.Sprintf("POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s", path, len(body), body))
+					if err != nil {
+						t.Fatalf("round %d, connection %d: %v (the server closed a keep-alive connection)", round, i, err)
+					}
+					if r.status != 200 || r.body != body || r.close {
+						t.Fatalf("round %d, connection %d: status %d body %q close %v", round, i, r.status, r.body, r.close)
+					}
+				}
+			}
+			ask(0)
+			for gen := range 3 {
+				reloadAndWait(t, s, gen)
+				ask(gen + 1)
+			}
+			if !strings.Contains(s.log.String(), "handed_back=") {
+				t.Logf("log:\n%s", s.log)
+			}
+		})
+	}
+}
+
+// Half a request is read by a child that is then retired: the bytes go to the
+// next child with the connection, the rest completes them, and the pipelined
+// requests are answered once each, in order.
+func TestHandBackSplitRequest(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=1", "-affinity=false")
+	s.waitReady(1)
+	c := s.dial(t)
+	if r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil || r.status != 200 {
+		t.Fatalf("first request: %v %v", r, err)
+	}
+	first := "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\none" + "POST /echo HTTP/1.1\r\nHo"
+	if _, err := io.WriteString(c, first); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.readResponse()
+	if err != nil || r.body != "one" {
+		t.Fatalf("pipelined request before the reload: %+v %v", r, err)
+	}
+	reloadAndWait(t, s, 0)
+	if _, err := io.WriteString(c, "st: t\r\nContent-Length: 3\r\n\r\ntwoGET /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nthree"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"two", "three"} {
+		r, err := c.readResponse()
+		if err != nil || r.status != 200 || r.body != want {
+			t.Fatalf("after the hand-back: want %q, got %+v %v", want, r, err)
+		}
+	}
+}
