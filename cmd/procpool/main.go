@@ -42,7 +42,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if slot, ok := master.ChildSlot(); ok {
 		setComm(fmt.Sprintf("procpool/%d", slot))
-		return runChild(s, slot, stderr)
+		return runChild(s, slot)
 	}
 	return runMaster(s, stderr)
 }
@@ -188,7 +188,9 @@ func (s *settings) masterConfig() (master.Config, error) {
 	return cfg, nil
 }
 
-func runChild(s *settings, slot int, stderr io.Writer) int {
+func runChild(s *settings, slot int) int {
+	gen, _ := strconv.Atoi(os.Getenv(master.EnvGen))
+	log := newLogger(s.logJSON).With("pid", os.Getpid(), "slot", slot, "gen", gen)
 	cfg := child.Config{
 		Channel:  master.ChannelFd,
 		Slot:     slot,
@@ -197,27 +199,28 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		Limits:   s.limits,
 		Timeouts: s.timeouts,
 		MaxConns: s.maxConns,
+		Log:      log,
 	}
 	if s.access != "" {
 		// child.OpenAccessLog follows links; the check opens without.
 		if err := checkWritable(s.access, nil); err != nil {
-			fmt.Fprintf(stderr, "procpool child %d: -access-log: %v\n", slot, err)
+			log.Error("open -access-log", "err", err)
 			return exitFatal
 		}
 		alog, err := child.OpenAccessLog(s.access)
 		if err != nil {
-			fmt.Fprintf(stderr, "procpool child %d: -access-log: %v\n", slot, err)
+			log.Error("open -access-log", "err", err)
 			return exitFatal
 		}
 		cfg.AccessLog = alog
 	}
 	cfg.Reopen = func() {
 		if err := reopenLog(s.logPath); err != nil {
-			fmt.Fprintf(os.Stderr, "procpool child %d: reopen -log: %v\n", slot, err)
+			log.Error("reopen -log", "err", err)
 		}
 		if cfg.AccessLog != nil {
 			if err := checkWritable(s.access, nil); err != nil {
-				fmt.Fprintf(os.Stderr, "procpool child %d: reopen -access-log: %v\n", slot, err)
+				log.Error("reopen -access-log", "err", err)
 				return
 			}
 			cfg.AccessLog.Reopen()
@@ -226,7 +229,7 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 	if cell, err := strconv.Atoi(os.Getenv(master.EnvCell)); err == nil && cell >= 0 && cell < ipc.Cells {
 		stats, err := ipc.OpenStats(master.StatsFd)
 		if err != nil {
-			fmt.Fprintf(stderr, "procpool child %d: %v\n", slot, err)
+			log.Error("open the stats region", "err", err)
 			return exitFatal
 		}
 		cfg.Stats = stats.Cell(cell)
@@ -238,13 +241,13 @@ func runChild(s *settings, slot int, stderr io.Writer) int {
 		}
 		fd, err := master.Listen(addr, s.backlog, true)
 		if err != nil {
-			fmt.Fprintf(stderr, "procpool child %d: %v\n", slot, err)
+			log.Error("listen", "err", err)
 			return exitFatal
 		}
 		cfg.Listener = fd
 	}
 	if err := child.Run(cfg, child.HandlerFunc(routes)); err != nil && err != child.ErrMasterGone {
-		fmt.Fprintf(stderr, "procpool child %d: %v\n", slot, err)
+		log.Error("child failed", "err", err)
 		return exitFailure
 	}
 	return exitOK

@@ -141,9 +141,9 @@ func TestChildrenFailFatally(t *testing.T) {
 	if len(lines) == 0 || lines[len(lines)-1] != want {
 		t.Errorf("last line of stderr %q, want %q", lines[len(lines)-1:], want)
 	}
-	childErr := "procpool child 0: -access-log: open " + access + ": no such file or directory"
-	if !slices.Contains(lines, childErr) {
-		t.Errorf("no %q in stderr:\n%s", childErr, s.log)
+	childErr := []string{`msg="open -access-log"`, " slot=0 ", `err="open ` + access + `: no such file or directory"`}
+	if prLine(lines, childErr...) < 0 {
+		t.Errorf("no line with %q in stderr:\n%s", childErr, s.log)
 	}
 }
 
