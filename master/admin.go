@@ -40,6 +40,7 @@ type childView struct {
 	h                         *health // live: written by the loop, read atomically
 	stalledAt                 int64
 	watchdogKills             uint64
+	recycle, replaces         string
 }
 
 // publish makes the current children visible to the admin server.
@@ -53,7 +54,8 @@ func (m *Master) publish() {
 			continue
 		}
 		cv := childView{pid: k.pid, slot: k.slot, gen: k.gen, cpu: k.cpu,
-			cell: k.cell, state: k.state.String(), started: k.started, h: &k.h, stalledAt: k.stalledAt}
+			cell: k.cell, state: k.state.String(), started: k.started, h: &k.h, stalledAt: k.stalledAt,
+			recycle: k.recycle, replaces: k.replaces}
 		if k.slot < len(m.slots) {
 			cv.watchdogKills = m.slots[k.slot].watchdogKills
 		}
@@ -275,6 +277,10 @@ type ChildStatus struct {
 	TakenBack     uint64  `json:"taken_back"`
 	// HandedBack counts the connections the child gave back when retired.
 	HandedBack uint64 `json:"handed_back"`
+	// Recycle says why the child is being replaced (max-requests,
+	// max-lifetime, max-rss); Replaces, why the child it replaced was.
+	Recycle  string `json:"recycle,omitempty"`
+	Replaces string `json:"replaces,omitempty"`
 	// WatchdogKills counts the children of this slot the watchdog killed.
 	WatchdogKills uint64 `json:"watchdog_kills"`
 	InFlight      int64  `json:"in_flight"`
@@ -353,6 +359,7 @@ func (a *admin) progress(cs *ChildStatus, c childView) {
 	}
 	cs.TakenBack = c.h.takenBack.Load()
 	cs.HandedBack = cell.HandedBack.Load()
+	cs.Recycle, cs.Replaces = c.recycle, c.replaces
 	cs.WatchdogKills = c.watchdogKills
 	cs.InFlight = cell.InFlight.Load()
 	if method, path, start, ok := cell.Current(); ok {

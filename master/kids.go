@@ -49,6 +49,11 @@ type kid struct {
 	// connections it sent back.
 	retireBy   time.Time
 	handedBack int
+	// Recycling (recycle.go): its limits, why it is being replaced, and why
+	// the child it replaced was.
+	lim      limits
+	recycle  string
+	replaces string
 }
 
 func (k *kid) closeChannel() {
@@ -118,7 +123,7 @@ func (m *Master) maintain(now time.Time) {
 
 func (m *Master) hasKid(slot, gen int) bool {
 	for _, k := range m.kids {
-		if k.slot == slot && k.gen == gen && k.state != draining {
+		if k.slot == slot && k.gen == gen && k.state != draining && k.recycle == "" {
 			return true
 		}
 	}
@@ -178,7 +183,7 @@ func (m *Master) spawn(slot int) error {
 	}
 	m.stats.Cell(cell).Pid.Store(int64(pid))
 	k := &kid{pid: pid, slot: slot, gen: m.gen, cpu: cpu, ch: ipc.NewChannel(mfd), peer: cfd,
-		state: starting, started: time.Now(), cell: cell}
+		state: starting, started: time.Now(), cell: cell, lim: m.drawLimits()}
 	k.h.progressAt.Store(k.started.UnixNano())
 	if err := m.poller.Add(mfd, epoll.In); err != nil {
 		// Without its channel the child is useless; it will see EOF and exit.
@@ -345,6 +350,7 @@ func (m *Master) onChannel(k *kid, ev *epoll.Event) {
 		case msg.Cmd == ipc.CmdReady && k.state == starting:
 			k.state = ready
 			m.log.Info("child ready", "pid", k.pid, "slot", k.slot, "gen", k.gen)
+			m.replaced(k)
 			m.retireOld()
 			m.retarget()
 		case msg.Cmd == ipc.CmdPing:
@@ -506,12 +512,16 @@ func (m *Master) reload() {
 				"listen", cfg.Listen, "mode", cfg.Mode)
 			return
 		}
+		cfg.setDefaults()
 		// Only what the pool is made of changes; how the master runs does not.
 		m.cfg.Workers, m.cfg.Affinity, m.cfg.Args, m.cfg.Grace = cfg.Workers, cfg.Affinity, cfg.Args, cfg.Grace
 		m.cfg.SchedBatch = cfg.SchedBatch
 		// The master admits connections for the children by -max-conns
 		// (fdpass), so it must follow the children's new limit.
 		m.cfg.MaxConns = cfg.MaxConns
+		m.cfg.Dispatch, m.cfg.Stall, m.cfg.Watchdog = cfg.Dispatch, cfg.Stall, cfg.Watchdog
+		m.cfg.MaxRequests, m.cfg.MaxLifetime, m.cfg.MaxRSS, m.cfg.RecycleJitter =
+			cfg.MaxRequests, cfg.MaxLifetime, cfg.MaxRSS, cfg.RecycleJitter
 	}
 	m.gen++
 	m.setWorkers(m.cfg.Workers)

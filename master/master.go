@@ -83,6 +83,14 @@ type Config struct {
 	Stall time.Duration
 	// Watchdog kills a child stalled for longer than this (0: never).
 	Watchdog time.Duration
+	// Recycling: a child is replaced (replacement first, then hand-back)
+	// once it has answered MaxRequests requests, lived MaxLifetime, or its
+	// resident size reached MaxRSS bytes; each limit is lowered by up to
+	// RecycleJitter (a fraction) per child. Zero: no such limit.
+	MaxRequests   uint64
+	MaxLifetime   time.Duration
+	MaxRSS        int64
+	RecycleJitter float64
 
 	// AdminPublic lets Admin listen beyond loopback; it has no authentication.
 	AdminPublic bool
@@ -115,6 +123,7 @@ type Master struct {
 	serving int              // the newest generation all of whose children were ready
 	peerCh  *ipc.Channel     // reads the children's ends of channels, to take back
 	carried map[int][]byte   // bytes already read from queued connections that were handed back
+	nextRSS time.Time        // when recycle next reads the children's resident sizes
 	slots   []slotState
 	cpus    []int
 
@@ -247,6 +256,7 @@ func (m *Master) loop() error {
 				m.killAll()
 			}
 		} else {
+			m.recycle(now)
 			m.maintain(now)
 			m.checkUpgrade(now)
 		}
@@ -332,6 +342,7 @@ func (m *Master) timeout() int {
 	}
 	consider(m.rest.Until)
 	m.nextStallCheck(consider)
+	m.nextRecycleCheck(consider)
 	if m.allFull {
 		consider(now.Add(fullRecheck))
 	}

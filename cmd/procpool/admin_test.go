@@ -58,6 +58,9 @@ type obsChild struct {
 	Stalled       bool    `json:"stalled"`
 	SinceProgress float64 `json:"since_progress_seconds"`
 	TakenBack     uint64  `json:"taken_back"`
+	HandedBack    uint64  `json:"handed_back"`
+	Recycle       string  `json:"recycle"`
+	Replaces      string  `json:"replaces"`
 	WatchdogKills uint64  `json:"watchdog_kills"`
 	InFlight      int64   `json:"in_flight"`
 	Request       *struct {

@@ -8,6 +8,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,5 +107,67 @@ func TestHandBackSplitRequest(t *testing.T) {
 		if err != nil || r.status != 200 || r.body != want {
 			t.Fatalf("after the hand-back: want %q, got %+v %v", want, r, err)
 		}
+	}
+}
+
+// -max-requests recycles children under keep-alive load: their pids change,
+// each replacement starts before its child goes, and not one connection is
+// closed or request lost.
+func TestRecycleMaxRequests(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2", "-affinity=false", "-max-requests=200", "-admin=127.0.0.1:0")
+	admin := obsAdminAddr(t, s)
+	first := kidPids(s.waitReady(2))
+	conns := make([]*clientConn, 8)
+	for i := range conns {
+		conns[i] = s.dial(t)
+	}
+	for round := range 150 { // 1,200 requests: each child passes its limit
+		for i, c := range conns {
+			r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+			if err != nil || r.status != 200 || r.close {
+				t.Fatalf("round %d, connection %d: %+v %v", round, i, r, err)
+			}
+		}
+	}
+	for _, pid := range first {
+		waitLog(t, s, fmt.Sprintf(`msg="child recycled" pid=%d`, pid))
+	}
+	for _, c := range obsGetStatus(t, admin).Children {
+		if slices.Contains(first, c.Pid) {
+			continue // on its way out
+		}
+		if c.Replaces != "max-requests" {
+			t.Errorf("child %d in /status replaces %q, want max-requests", c.Pid, c.Replaces)
+		}
+	}
+	for round := range 10 { // and the connections live on in the replacements
+		for i, c := range conns {
+			if r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil || r.status != 200 || r.close {
+				t.Fatalf("after the recycling, round %d, connection %d: %+v %v", round, i, r, err)
+			}
+		}
+	}
+	if !strings.Contains(s.log.String(), "recycling child: starting its replacement") {
+		t.Errorf("no replacement was started first; log:\n%s", s.log)
+	}
+}
+
+// -max-rss recycles a child whose handler leaks.
+func TestRecycleMaxRSS(t *testing.T) {
+	t.Parallel()
+	bin := variantBin(t, "procpool_sleeptest")
+	s := startServerWith(t, useBin(bin), "-workers=1", "-affinity=false", "-max-rss=64M", "-recycle-jitter=0")
+	kid := kidPids(s.waitReady(1))[0]
+	c := s.dial(t)
+	for range 10 { // 80 MiB
+		if r, err := c.roundTrip("GET /leak/8192 HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil || r.status != 200 {
+			t.Fatalf("leak: %+v %v", r, err)
+		}
+	}
+	waitLog(t, s, fmt.Sprintf(`msg="child recycled" pid=%d slot=0 reason=max-rss`, kid))
+	// The connection lives on in the replacement.
+	if r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil || r.status != 200 {
+		t.Fatalf("after the recycling: %+v %v", r, err)
 	}
 }

@@ -150,12 +150,17 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Dispatch:   s.dispatch,
 		Stall:      stallSetting(s.stall),
 		Watchdog:   s.watchdog,
-		Admin:      s.admin,
-		Log:        newLogger(s.logJSON),
-		Args:       s.childArgs(),
-		Exe:        exe,
-		MasterArgs: s.args,
-		Reopen:     func() error { return reopenLog(s.logPath) },
+		// Recycling.
+		MaxRequests:   s.maxRequests,
+		MaxLifetime:   s.maxLifetime,
+		MaxRSS:        int64(s.maxRSS),
+		RecycleJitter: float64(s.recycleJitter),
+		Admin:         s.admin,
+		Log:           newLogger(s.logJSON),
+		Args:          s.childArgs(),
+		Exe:           exe,
+		MasterArgs:    s.args,
+		Reopen:        func() error { return reopenLog(s.logPath) },
 		Reload: func() (master.Config, error) {
 			n, err := parseSettings(s.args, io.Discard)
 			if err != nil {

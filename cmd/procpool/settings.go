@@ -43,8 +43,13 @@ type settings struct {
 	logJSON  bool
 	access   string
 	dispatch string
-	stall    time.Duration
-	watchdog time.Duration
+	// Recycling: -max-requests, -max-lifetime, -max-rss, -recycle-jitter.
+	maxRequests   uint64
+	maxLifetime   time.Duration
+	maxRSS        sizeFlag
+	recycleJitter shareFlag
+	stall         time.Duration
+	watchdog      time.Duration
 
 	// args holds the command line as given, so that a reload can apply it
 	// again over a re-read config file: the command line always wins.
@@ -97,6 +102,11 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.dispatch, "dispatch", master.DispatchRR, "order in which the master deals connections: rr (round-robin) or least (fewest outstanding)")
 	fs.DurationVar(&s.stall, "stall", master.DefaultStall, "a child with connections waiting and no progress for this long is dealt nothing and its queue is taken back (0: off)")
 	fs.DurationVar(&s.watchdog, "watchdog", 0, "kill and replace a child stalled for longer than this, logging the request it is stuck in (0: never)")
+	fs.Uint64Var(&s.maxRequests, "max-requests", 0, "recycle a child after this many requests: a replacement starts first, then the child hands its connections back (0: never)")
+	fs.DurationVar(&s.maxLifetime, "max-lifetime", 0, "recycle a child after it has run this long (0: never)")
+	s.recycleJitter = master.DefaultRecycleJitter
+	fs.Var(&s.maxRSS, "max-rss", "recycle a child whose resident memory reaches this `size` (512M, 1G; 0: never)")
+	fs.Var(&s.recycleJitter, "recycle-jitter", "lower each child's recycling limits by up to this `share` (10%), so children do not recycle together")
 	fs.StringVar(&s.signal, "s", "", "act on the running master found through -pidfile: stop, quit (wait until it has exited, up to -grace plus 5s), reload (wait for its verdict), reopen, upgrade; status (the table, read from -admin)")
 	return fs
 }
@@ -313,6 +323,8 @@ func (s *settings) validate() error {
 		return bad("stall", "-stall: must not be negative, got %v", s.stall)
 	case s.watchdog < 0:
 		return bad("watchdog", "-watchdog: must not be negative, got %v", s.watchdog)
+	case s.maxLifetime < 0:
+		return bad("max-lifetime", "-max-lifetime: must not be negative, got %v", s.maxLifetime)
 	case s.watchdog > 0 && s.stall > 0 && s.watchdog <= s.stall:
 		return bad("watchdog", "-watchdog %v must be longer than -stall %v: a child is judged by the watchdog only once it is stalled", s.watchdog, s.stall)
 	// A child holds a request in memory: limits above child.MaxLimits are
