@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // reloadAndWait sends SIGHUP and waits until every child of the generation
@@ -169,5 +170,40 @@ func TestRecycleMaxRSS(t *testing.T) {
 	// The connection lives on in the replacement.
 	if r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil || r.status != 200 {
 		t.Fatalf("after the recycling: %+v %v", r, err)
+	}
+}
+
+// A client trickling a body into a retired child cannot keep it alive: at
+// -grace the child closes the connection and exits (the client would need
+// minutes to finish).
+func TestRetiredChildGraceCutsTrickle(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=1", "-affinity=false", "-grace=1s", "-body-timeout=30s")
+	old := kidPids(s.waitReady(1))[0]
+	c := s.dial(t)
+	if _, err := io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nx"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a byte every 200 ms: 1,000 bytes take over three minutes
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+				if _, err := io.WriteString(c, "x"); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	syscall.Kill(s.pid, syscall.SIGHUP)
+	waitLog(t, s, fmt.Sprintf(`msg="child exited" pid=%d`, old))
+	if strings.Contains(s.log.String(), "killing a retired child") {
+		t.Errorf("the retired child had to be killed; log:\n%s", s.log)
+	}
+	if err := c.waitClosed(ioTimeout); err != nil {
+		t.Errorf("trickling connection after the retired child's grace: %v", err)
 	}
 }
