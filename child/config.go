@@ -44,6 +44,8 @@ type Config struct {
 	MaxConns int
 	// AccessLog, when set, receives one combined-format line per request.
 	AccessLog *AccessLog
+	// Proxy, when set, reads PROXY protocol headers (proxyproto.go).
+	Proxy *ProxyConfig
 	// Reopen, when set, reopens the child's log files (SIGUSR1 or the
 	// master's CmdReopen).
 	Reopen func()

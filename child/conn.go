@@ -26,7 +26,12 @@ type conn struct {
 	busy       bool       // a pool worker holds it; the loop keeps its hands off
 	polled     bool       // in the epoll set (it is not while first served)
 	pending    bool       // in holds bytes another child read and nobody parsed yet
-	peer       netip.Addr // the client, only kept for the access log
+	peer       netip.Addr // the client: the socket's peer, or what a PROXY header said
+
+	// Where the connection comes from (proxyproto.go): peer above, and
+	port      uint16 // the client's port
+	peerKnown bool   // peer and port are set (they are looked up when first needed)
+	proxy     uint8  // what is expected of a PROXY header
 }
 
 // parse parses the next request from buf, which starts with what the
@@ -35,7 +40,9 @@ func (c *conn) parse(buf []byte, r *Request, lim *Limits) (int, int) {
 	if c.borrowed {
 		return parse(buf, r, lim, &c.need)
 	}
-	return parseRequest(buf, r, lim, &c.need, &c.body, true)
+	n, status := parseRequest(buf, r, lim, &c.need, &c.body, true)
+	r.from = c
+	return n, status
 }
 
 type connState uint8

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -305,9 +304,7 @@ func (l *loop) register(fd int, carried []byte) {
 	}
 	c := l.newConn()
 	c.fd = fd
-	if l.cfg.AccessLog != nil {
-		c.peer = peerAddr(fd)
-	}
+	l.admit(c) // the client's address; whether a PROXY header is due (proxyproto.go)
 	c.state = stReading
 	c.deadline = l.sess.clk.now.Add(l.cfg.Timeouts.Header).UnixNano()
 	l.conns[fd] = c
@@ -513,19 +510,4 @@ func (l *loop) close() {
 	}
 	l.sig.Close()
 	l.poller.Close()
-}
-
-// peerAddr is the client's address, for the access log.
-func peerAddr(fd int) netip.Addr {
-	sa, err := unix.Getpeername(fd)
-	if err != nil {
-		return netip.Addr{}
-	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(a.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(a.Addr).Unmap()
-	}
-	return netip.Addr{}
 }

@@ -1,6 +1,9 @@
 package child
 
-import "bytes"
+import (
+	"bytes"
+	"net/netip"
+)
 
 // Request is one parsed HTTP/1.x request. Its slices point into the
 // connection's input buffer and are valid only while the handler runs: a
@@ -20,6 +23,7 @@ type Request struct {
 	// headerEnd is where the body starts once the header block is complete
 	// and valid; 0 while it is not.
 	headerEnd int
+	from      *conn // the connection it came on; nil for an Exchanger's
 }
 
 type field struct{ name, value []byte }
@@ -44,6 +48,17 @@ func (r *Request) Headers(fn func(name, value []byte)) {
 
 // KeepAlive reports whether the connection stays open after this request.
 func (r *Request) KeepAlive() bool { return !r.close }
+
+// RemoteAddr is the client's address and port: what the PROXY header of a
+// trusted balancer said (see ProxyConfig), else the connection's peer. It is
+// invalid for a Unix-socket peer that sent no address, and for requests
+// served by an Exchanger.
+func (r *Request) RemoteAddr() netip.AddrPort {
+	if r.from == nil {
+		return netip.AddrPort{}
+	}
+	return r.from.remote()
+}
 
 func (r *Request) reset() {
 	h := r.headers[:0]

@@ -171,6 +171,13 @@ func (s *session) growInput(c *conn) bool {
 // answer parses in (c.in when own, else the shared read buffer), writes the
 // responses with one write and decides what the connection waits for next.
 func (s *session) answer(c *conn, in []byte, own bool) action {
+	if c.proxy >= pxWant {
+		rest, a, ok := s.takeProxy(c, in, own)
+		if !ok {
+			return a
+		}
+		in = rest
+	}
 	for {
 		if c.need > len(in) {
 			return s.keepPartial(c, in, own)
