@@ -76,6 +76,7 @@ func Run(cfg Config, h Handler) error {
 	runtime.LockOSThread()
 	sched.SpareP() // a pinned child starts with GOMAXPROCS 1
 	cfg.setDefaults()
+	impliedPool(&cfg, h) // a PoolHandler never runs inline (stream.go)
 	l, err := newLoop(cfg, h)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ type pool struct {
 	wake    int // eventfd: a worker finished something
 	backlog []*conn
 	loop    *loop
+	quit    chan struct{} // closed when the pool stops: Response.Done fires
 	wg      sync.WaitGroup
 }
 
@@ -38,10 +39,12 @@ func newPool(n int, h Handler, l *loop) (*pool, error) {
 		done: make(chan finished, 4*n),
 		wake: wake,
 		loop: l,
+		quit: make(chan struct{}),
 	}
 	for i := 0; i < n; i++ {
 		s := newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
 		s.shared = true
+		s.resp.quit = p.quit
 		s.alog = newLogBuf(l.cfg.AccessLog)
 		p.wg.Add(1)
 		go p.worker(s)
@@ -125,6 +128,7 @@ func (p *pool) collect() {
 }
 
 func (p *pool) stop() {
+	close(p.quit) // handlers that wait on Response.Done return
 	close(p.work)
 	// Workers may be blocked handing back results; take them.
 	go func() {

@@ -14,6 +14,7 @@ type Response struct {
 	header      []byte // extra "Name: value\r\n" lines
 	body        []byte
 	close       bool
+	rawState    // raw and streamed responses (stream.go)
 }
 
 // SetStatus sets the status code; 200 when never called. A code outside
@@ -116,6 +117,9 @@ func safeHeader(s string) bool {
 
 // appendResponse serialises w as the answer to r onto dst.
 func appendResponse(dst []byte, w *Response, r *Request, date []byte) []byte {
+	if w.raw {
+		return append(dst, w.body...) // framed by the handler (stream.go)
+	}
 	dst = appendStatusLine(dst, w.status)
 	dst = append(dst, "Server: procpool\r\nDate: "...)
 	dst = append(dst, date...)

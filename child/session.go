@@ -87,6 +87,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			s.req.close = true
 		}
 		s.resp.reset()
+		s.resp.begin(s, c, out) // a raw response may send itself (stream.go)
 		claimed := s.st.Begin(s.clk.now.UnixNano(), s.req.Method, s.req.Path, s.shared)
 		s.h.Serve(&s.resp, &s.req)
 		s.st.End(claimed, s.shared)
@@ -95,7 +96,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		if s.resp.close || s.draining.Load() {
 			s.req.close = true
 		}
-		out = appendResponse(out, &s.resp, &s.req, s.clk.date)
+		out = appendResponse(s.resp.end(out), &s.resp, &s.req, s.clk.date)
 		s.st.Requests.Add(1)
 		if s.alog != nil {
 			size := len(s.resp.body)
