@@ -310,3 +310,24 @@ func slotOf(s *server, pid int) int {
 	}
 	return -1
 }
+
+// Connections queued to a child that dies are taken back out of its channel
+// and answered by the others: a stopped child collects a queue (with the
+// stall rule off), then is killed.
+func TestDeadChildQueueRecovered(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2", "-affinity=false", "-stall=0")
+	kids := s.waitReady(2)
+	victim := kids[0].pid
+	stopChild(t, victim)
+	done := make(chan []error, 1)
+	go func() { done <- getMany(s, 40, "/", "Hello World") }()
+	if !pollFor(ioTimeout, func() bool { return queued(t, s) >= 10 }) {
+		t.Fatalf("connections did not queue for the stopped child")
+	}
+	syscall.Kill(victim, syscall.SIGKILL)
+	if bad, err := countErrs(<-done); bad > 0 {
+		t.Fatalf("%d of 40 requests queued to a child that was killed failed: %v", bad, err)
+	}
+	waitLog(t, s, fmt.Sprintf(`msg="recovered connections of a dead child" pid=%d`, victim))
+}
