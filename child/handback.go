@@ -31,6 +31,20 @@ func (l *loop) retire(grace time.Duration) {
 	l.flushBack()
 }
 
+// retireWait shortens the loop's sleep while connections wait to go back
+// (the master's channel was full: try again soon) or the grace period is
+// about to end (close what is left on time, before the master kills us).
+func (l *loop) retireWait(wait int) int {
+	if !l.retiring {
+		return wait
+	}
+	if len(l.back) > 0 {
+		wait = min(wait, 10)
+	}
+	left := (l.retireBy-time.Now().UnixNano())/int64(time.Millisecond) + 1
+	return int(max(0, min(int64(wait), left)))
+}
+
 // handBackable reports whether c is idle between requests, with at most a
 // start of the next request read, so that another child can take it on.
 func (l *loop) handBackable(c *conn) bool {

@@ -153,6 +153,7 @@ func (l *loop) run() error {
 		if l.acceptPaused {
 			wait = int(min(max(0, time.Until(l.rest.Until).Milliseconds()+1), 1000))
 		}
+		wait = l.retireWait(wait)
 		n, err := l.poller.Wait(l.events, wait)
 		if err != nil {
 			return err
@@ -191,7 +192,7 @@ func (l *loop) run() error {
 		}
 		now := l.sess.clk.now.UnixNano()
 		l.yield.Yield(now)
-		if now >= l.sweepAt {
+		if now >= l.sweepAt || l.retiring && now >= l.retireBy {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
 		}
