@@ -27,18 +27,18 @@ import (
 	"time"
 )
 
-// obsStatus is the /status document as a client reads it: the names are the
+// statusDoc is the /status document as a client reads it: the names are the
 // wire contract, so they are spelled out here rather than taken from the
 // master package.
-type obsStatus struct {
+type statusDoc struct {
 	MasterPid  int        `json:"master_pid"`
 	Mode       string     `json:"mode"`
 	Uptime     float64    `json:"uptime_seconds"`
 	Generation int        `json:"generation"`
-	Children   []obsChild `json:"children"`
+	Children   []childDoc `json:"children"`
 }
 
-type obsChild struct {
+type childDoc struct {
 	Pid         int               `json:"pid"`
 	Slot        int               `json:"slot"`
 	Generation  int               `json:"generation"`
@@ -70,14 +70,14 @@ type obsChild struct {
 	} `json:"request"`
 }
 
-// obsTotals are the children's counters summed.
-type obsTotals struct {
+// counterTotals are the children's counters summed.
+type counterTotals struct {
 	accepted, open, requests, bytesIn, bytesOut uint64
 	r2xx, r4xx, r5xx, parseErrors, timeouts     uint64
 }
 
-func (st obsStatus) totals() obsTotals {
-	var t obsTotals
+func (st statusDoc) totals() counterTotals {
+	var t counterTotals
 	for _, c := range st.Children {
 		t.accepted += c.Accepted
 		t.open += c.Open
@@ -93,7 +93,7 @@ func (st obsStatus) totals() obsTotals {
 	return t
 }
 
-func (st obsStatus) pids() []int {
+func (st statusDoc) pids() []int {
 	var pids []int
 	for _, c := range st.Children {
 		pids = append(pids, c.Pid)
@@ -104,9 +104,9 @@ func (st obsStatus) pids() []int {
 
 var reAdmin = regexp.MustCompile(`msg="admin listening" addr=(\S+)`)
 
-// obsAdminAddr is the admin address the master logged (it logs it before
+// adminAddr is the admin address the master logged (it logs it before
 // "master started", which startServer waits for).
-func obsAdminAddr(t *testing.T, s *server) string {
+func adminAddr(t *testing.T, s *server) string {
 	t.Helper()
 	for _, line := range s.log.snapshot() {
 		if m := reAdmin.FindStringSubmatch(line); m != nil {
@@ -117,12 +117,12 @@ func obsAdminAddr(t *testing.T, s *server) string {
 	return ""
 }
 
-// obsClient talks to admin listeners without keeping connections open in
+// adminClient talks to admin listeners without keeping connections open in
 // the master between calls.
-var obsClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+var adminClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
-func obsGet(addr, path string) (string, error) {
-	resp, err := obsClient.Get("http://" + addr + path)
+func adminGet(addr, path string) (string, error) {
+	resp, err := adminClient.Get("http://" + addr + path)
 	if err != nil {
 		return "", err
 	}
@@ -137,22 +137,22 @@ func obsGet(addr, path string) (string, error) {
 	return string(b), nil
 }
 
-// obsGetStatus fetches and decodes /status.
-func obsGetStatus(t *testing.T, addr string) obsStatus {
+// getStatus fetches and decodes /status.
+func getStatus(t *testing.T, addr string) statusDoc {
 	t.Helper()
-	body, err := obsGet(addr, "/status")
+	body, err := adminGet(addr, "/status")
 	if err != nil {
 		t.Fatalf("admin %s: %v", addr, err)
 	}
-	var st obsStatus
+	var st statusDoc
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		t.Fatalf("admin %s: /status is not the JSON document: %v\n%s", addr, err, body)
 	}
 	return st
 }
 
-// obsSample is one line of the Prometheus text format.
-type obsSample struct {
+// sample is one line of the Prometheus text format.
+type sample struct {
 	name   string
 	labels map[string]string
 	value  float64
@@ -163,9 +163,9 @@ var (
 	reLabel  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
 )
 
-// obsParse reads the samples of a /metrics body.
-func obsParse(body string) ([]obsSample, error) {
-	var out []obsSample
+// parseMetrics reads the samples of a /metrics body.
+func parseMetrics(body string) ([]sample, error) {
+	var out []sample
 	for _, line := range strings.Split(body, "\n") {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
@@ -178,7 +178,7 @@ func obsParse(body string) ([]obsSample, error) {
 		if err != nil {
 			return nil, fmt.Errorf("/metrics line %q: value: %v", line, err)
 		}
-		s := obsSample{name: m[1], labels: map[string]string{}, value: v}
+		s := sample{name: m[1], labels: map[string]string{}, value: v}
 		for _, l := range reLabel.FindAllStringSubmatch(m[2], -1) {
 			s.labels[l[1]] = l[2]
 		}
@@ -187,22 +187,22 @@ func obsParse(body string) ([]obsSample, error) {
 	return out, nil
 }
 
-// obsMetrics fetches and parses /metrics, and returns the body too.
-func obsMetrics(t *testing.T, addr string) ([]obsSample, string) {
+// getMetrics fetches and parses /metrics, and returns the body too.
+func getMetrics(t *testing.T, addr string) ([]sample, string) {
 	t.Helper()
-	body, err := obsGet(addr, "/metrics")
+	body, err := adminGet(addr, "/metrics")
 	if err != nil {
 		t.Fatalf("admin %s: %v", addr, err)
 	}
-	samples, err := obsParse(body)
+	samples, err := parseMetrics(body)
 	if err != nil {
 		t.Fatalf("admin %s: %v", addr, err)
 	}
 	return samples, body
 }
 
-// obsSum sums the samples of name whose labels include match.
-func obsSum(samples []obsSample, name string, match map[string]string) float64 {
+// sumSamples sums the samples of name whose labels include match.
+func sumSamples(samples []sample, name string, match map[string]string) float64 {
 	var sum float64
 	for _, s := range samples {
 		if s.name != name {
@@ -219,8 +219,8 @@ func obsSum(samples []obsSample, name string, match map[string]string) float64 {
 	return sum
 }
 
-// obsCount is how many samples of name there are.
-func obsCount(samples []obsSample, name string) int {
+// countSamples is how many samples of name there are.
+func countSamples(samples []sample, name string) int {
 	n := 0
 	for _, s := range samples {
 		if s.name == name {
@@ -230,10 +230,10 @@ func obsCount(samples []obsSample, name string) int {
 	return n
 }
 
-// obsPromtool runs `promtool check metrics` on body: it must exit 0 and
+// promtool runs `promtool check metrics` on body: it must exit 0 and
 // print nothing (no lint findings). A machine without promtool fails the
 // test: CI installs it (Debian's prometheus package, see .ci/run).
-func obsPromtool(t *testing.T, body string) {
+func promtool(t *testing.T, body string) {
 	t.Helper()
 	path, err := exec.LookPath("promtool")
 	if err != nil {
@@ -252,27 +252,27 @@ func obsPromtool(t *testing.T, body string) {
 	}
 }
 
-// obsRequest is one request of the admin test's load and what it must get.
-type obsRequest struct {
+// mixRequest is one request of the admin test's load and what it must get.
+type mixRequest struct {
 	raw    string
 	status int
 	body   string
 }
 
-// obsMix is request i of a load mixing GET /, POST /echo and POST / with
+// mix is request i of a load mixing GET /, POST /echo and POST / with
 // bodies of known sizes, and 404s.
-func obsMix(i int) obsRequest {
+func mix(i int) mixRequest {
 	switch i % 10 {
 	case 5, 6, 7:
 		body := strings.Repeat(string(rune('a'+i%26)), 1+(i*53)%700)
-		return obsRequest{fmt.Sprintf("POST /echo HTTP/1.1\r\nHost: obs\r\nContent-Length: %d\r\n\r\n%s", len(body), body), 200, body}
+		return mixRequest{fmt.Sprintf("POST /echo HTTP/1.1\r\nHost: obs\r\nContent-Length: %d\r\n\r\n%s", len(body), body), 200, body}
 	case 8:
 		body := fmt.Sprintf("post to the root, request %d", i)
-		return obsRequest{fmt.Sprintf("POST / HTTP/1.1\r\nHost: obs\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(body), body), 200, body}
+		return mixRequest{fmt.Sprintf("POST / HTTP/1.1\r\nHost: obs\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(body), body), 200, body}
 	case 9:
-		return obsRequest{fmt.Sprintf("GET /missing/%d HTTP/1.1\r\nHost: obs\r\n\r\n", i), 404, "Not Found\n"}
+		return mixRequest{fmt.Sprintf("GET /missing/%d HTTP/1.1\r\nHost: obs\r\n\r\n", i), 404, "Not Found\n"}
 	default:
-		return obsRequest{"GET / HTTP/1.1\r\nHost: obs\r\nUser-Agent: obs-test\r\n\r\n", 200, helloBody}
+		return mixRequest{"GET / HTTP/1.1\r\nHost: obs\r\nUser-Agent: obs-test\r\n\r\n", 200, helloBody}
 	}
 }
 
@@ -283,11 +283,11 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2", "-admin=127.0.0.1:0")
 	kids := s.waitReady(2)
-	admin := obsAdminAddr(t, s)
+	admin := adminAddr(t, s)
 	allowed := allowedCPUs(t)
 
 	// Nothing has connected to the children yet.
-	if tot := obsGetStatus(t, admin).totals(); tot != (obsTotals{}) {
+	if tot := getStatus(t, admin).totals(); tot != (counterTotals{}) {
 		t.Fatalf("counters before any request: %+v, want all zero", tot)
 	}
 
@@ -297,9 +297,9 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 		cs[i] = s.dial(t)
 	}
 	var sent, want2xx, want4xx int
-	plans := make([][]obsRequest, conns)
+	plans := make([][]mixRequest, conns)
 	for i := range requests {
-		r := obsMix(i)
+		r := mix(i)
 		plans[i%conns] = append(plans[i%conns], r)
 		sent += len(r.raw)
 		if r.status == 200 {
@@ -334,11 +334,11 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := obsTotals{accepted: conns, open: conns, requests: requests, bytesIn: uint64(sent),
+	want := counterTotals{accepted: conns, open: conns, requests: requests, bytesIn: uint64(sent),
 		r2xx: uint64(want2xx), r4xx: uint64(want4xx)}
-	var st obsStatus
+	var st statusDoc
 	settled := pollFor(5*time.Second, func() bool {
-		st = obsGetStatus(t, admin)
+		st = getStatus(t, admin)
 		got := st.totals()
 		got.bytesOut = 0
 		return got == want
@@ -378,35 +378,35 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	t.Logf("/status after %d requests on %d connections: %+v", requests, conns, st.totals())
 
 	// /metrics tells the same story.
-	samples, body := obsMetrics(t, admin)
+	samples, body := getMetrics(t, admin)
 	check := func(what string, got float64, want uint64) {
 		t.Helper()
 		if got != float64(want) {
 			t.Errorf("/metrics %s = %v, want %d", what, got, want)
 		}
 	}
-	check("sum of procpool_child_requests_total", obsSum(samples, "procpool_child_requests_total", nil), requests)
-	check("sum of procpool_child_accepted_connections_total", obsSum(samples, "procpool_child_accepted_connections_total", nil), conns)
-	check("sum of procpool_child_received_bytes_total", obsSum(samples, "procpool_child_received_bytes_total", nil), uint64(sent))
-	check(`sum of procpool_child_responses_total{class="2xx"}`, obsSum(samples, "procpool_child_responses_total", map[string]string{"class": "2xx"}), uint64(want2xx))
-	check(`sum of procpool_child_responses_total{class="4xx"}`, obsSum(samples, "procpool_child_responses_total", map[string]string{"class": "4xx"}), uint64(want4xx))
-	check("procpool_requests_total", obsSum(samples, "procpool_requests_total", nil), requests)
-	check("procpool_accepted_connections_total", obsSum(samples, "procpool_accepted_connections_total", nil), conns)
-	check("procpool_received_bytes_total", obsSum(samples, "procpool_received_bytes_total", nil), uint64(sent))
-	check("procpool_generation", obsSum(samples, "procpool_generation", nil), 0)
-	check(`procpool_children{state="ready"}`, obsSum(samples, "procpool_children", map[string]string{"state": "ready"}), 2)
+	check("sum of procpool_child_requests_total", sumSamples(samples, "procpool_child_requests_total", nil), requests)
+	check("sum of procpool_child_accepted_connections_total", sumSamples(samples, "procpool_child_accepted_connections_total", nil), conns)
+	check("sum of procpool_child_received_bytes_total", sumSamples(samples, "procpool_child_received_bytes_total", nil), uint64(sent))
+	check(`sum of procpool_child_responses_total{class="2xx"}`, sumSamples(samples, "procpool_child_responses_total", map[string]string{"class": "2xx"}), uint64(want2xx))
+	check(`sum of procpool_child_responses_total{class="4xx"}`, sumSamples(samples, "procpool_child_responses_total", map[string]string{"class": "4xx"}), uint64(want4xx))
+	check("procpool_requests_total", sumSamples(samples, "procpool_requests_total", nil), requests)
+	check("procpool_accepted_connections_total", sumSamples(samples, "procpool_accepted_connections_total", nil), conns)
+	check("procpool_received_bytes_total", sumSamples(samples, "procpool_received_bytes_total", nil), uint64(sent))
+	check("procpool_generation", sumSamples(samples, "procpool_generation", nil), 0)
+	check(`procpool_children{state="ready"}`, sumSamples(samples, "procpool_children", map[string]string{"state": "ready"}), 2)
 	for _, c := range st.Children {
 		pid := map[string]string{"pid": strconv.Itoa(c.Pid), "child": strconv.Itoa(c.Slot), "generation": "0"}
-		check(fmt.Sprintf("procpool_child_requests_total%v", pid), obsSum(samples, "procpool_child_requests_total", pid), c.Requests)
-		check(fmt.Sprintf("procpool_child_cpu%v", pid), obsSum(samples, "procpool_child_cpu", pid), uint64(c.CPU))
+		check(fmt.Sprintf("procpool_child_requests_total%v", pid), sumSamples(samples, "procpool_child_requests_total", pid), c.Requests)
+		check(fmt.Sprintf("procpool_child_cpu%v", pid), sumSamples(samples, "procpool_child_cpu", pid), uint64(c.CPU))
 	}
-	if n := obsCount(samples, "procpool_child_requests_total"); n != 2 {
+	if n := countSamples(samples, "procpool_child_requests_total"); n != 2 {
 		t.Errorf("/metrics has %d procpool_child_requests_total series, want 2", n)
 	}
-	obsPromtool(t, body)
+	promtool(t, body)
 
 	// procpool -s status: a table with a row per child.
-	obsStatusTable(t, admin, s.pid, st)
+	checkStatusTable(t, admin, s.pid, st)
 
 	// A malformed request: 400, counted as a parse error and a 4xx, not as
 	// a request.
@@ -421,7 +421,7 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	want.parseErrors++
 	want.bytesIn += uint64(len("GET / HTTP/1.1\r\nHost: obs\r\nthis line has no colon\r\n\r\n"))
 	if !pollFor(5*time.Second, func() bool {
-		st = obsGetStatus(t, admin)
+		st = getStatus(t, admin)
 		got := st.totals()
 		// The staged close of the bad connection may be over or not.
 		got.bytesOut = 0
@@ -432,8 +432,8 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	}) {
 		t.Errorf("/status totals after a malformed request %+v\nwant %+v", st.totals(), want)
 	}
-	samples, _ = obsMetrics(t, admin)
-	check("procpool_parse_errors_total", obsSum(samples, "procpool_parse_errors_total", nil), 1)
+	samples, _ = getMetrics(t, admin)
+	check("procpool_parse_errors_total", sumSamples(samples, "procpool_parse_errors_total", nil), 1)
 
 	// A reload: generation 1, the old children leave /status, and the
 	// pool's totals never go backwards. One idle keep-alive connection stays
@@ -456,10 +456,10 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 				return
 			default:
 			}
-			body, err := obsGet(admin, "/metrics")
-			var samples []obsSample
+			body, err := adminGet(admin, "/metrics")
+			var samples []sample
 			if err == nil {
-				samples, err = obsParse(body)
+				samples, err = parseMetrics(body)
 			}
 			if err != nil {
 				monErrs = append(monErrs, err.Error())
@@ -467,7 +467,7 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 			}
 			for _, name := range []string{"procpool_requests_total", "procpool_accepted_connections_total",
 				"procpool_received_bytes_total", "procpool_sent_bytes_total", "procpool_parse_errors_total"} {
-				got := obsSum(samples, name, nil)
+				got := sumSamples(samples, name, nil)
 				if got < last[name] {
 					monErrs = append(monErrs, fmt.Sprintf("%s went backwards during the reload: %v after %v", name, got, last[name]))
 				}
@@ -480,7 +480,7 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	}
 	sawDraining := false
 	reloaded := pollFor(10*time.Second, func() bool {
-		st = obsGetStatus(t, admin)
+		st = getStatus(t, admin)
 		for _, c := range st.Children {
 			sawDraining = sawDraining || c.State == "draining" && slices.Contains(old, c.Pid)
 		}
@@ -514,32 +514,32 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	if real := s.children(); !slices.Equal(st.pids(), real) {
 		t.Errorf("/status lists children %v after the reload, /proc has %v", st.pids(), real)
 	}
-	samples, body = obsMetrics(t, admin)
-	check("procpool_generation after the reload", obsSum(samples, "procpool_generation", nil), 1)
-	check("procpool_requests_total after the reload", obsSum(samples, "procpool_requests_total", nil), requests)
-	check("procpool_accepted_connections_total after the reload", obsSum(samples, "procpool_accepted_connections_total", nil), conns+1)
-	check("procpool_parse_errors_total after the reload", obsSum(samples, "procpool_parse_errors_total", nil), 1)
-	check("sum of procpool_child_requests_total after the reload", obsSum(samples, "procpool_child_requests_total", nil), 0)
-	obsPromtool(t, body)
+	samples, body = getMetrics(t, admin)
+	check("procpool_generation after the reload", sumSamples(samples, "procpool_generation", nil), 1)
+	check("procpool_requests_total after the reload", sumSamples(samples, "procpool_requests_total", nil), requests)
+	check("procpool_accepted_connections_total after the reload", sumSamples(samples, "procpool_accepted_connections_total", nil), conns+1)
+	check("procpool_parse_errors_total after the reload", sumSamples(samples, "procpool_parse_errors_total", nil), 1)
+	check("sum of procpool_child_requests_total after the reload", sumSamples(samples, "procpool_child_requests_total", nil), 0)
+	promtool(t, body)
 
 	// The new generation counts from zero, and the totals go on from N.
 	if r := s.get(t, "/"); r.status != 200 {
 		t.Fatalf("GET / after the reload: %d", r.status)
 	}
 	if !pollFor(5*time.Second, func() bool {
-		samples, _ = obsMetrics(t, admin)
-		return obsSum(samples, "procpool_requests_total", nil) == requests+1 &&
-			obsSum(samples, "procpool_child_requests_total", map[string]string{"generation": "1"}) == 1
+		samples, _ = getMetrics(t, admin)
+		return sumSamples(samples, "procpool_requests_total", nil) == requests+1 &&
+			sumSamples(samples, "procpool_child_requests_total", map[string]string{"generation": "1"}) == 1
 	}) {
 		t.Errorf("after one request on generation 1: procpool_requests_total %v, generation 1 children %v; want %d, 1",
-			obsSum(samples, "procpool_requests_total", nil),
-			obsSum(samples, "procpool_child_requests_total", map[string]string{"generation": "1"}), requests+1)
+			sumSamples(samples, "procpool_requests_total", nil),
+			sumSamples(samples, "procpool_child_requests_total", map[string]string{"generation": "1"}), requests+1)
 	}
 }
 
-// obsStatusTable runs `procpool -s status -admin ADDR` and checks its table
+// checkStatusTable runs `procpool -s status -admin ADDR` and checks its table
 // against st.
-func obsStatusTable(t *testing.T, admin string, masterPid int, st obsStatus) {
+func checkStatusTable(t *testing.T, admin string, masterPid int, st statusDoc) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 	defer cancel()
@@ -593,12 +593,12 @@ func TestAccessLog(t *testing.T) {
 			if mode == "pool" {
 				args = append(args, "-pool=2")
 			}
-			obsAccessLog(t, args...)
+			testAccessLog(t, args...)
 		})
 	}
 }
 
-func obsAccessLog(t *testing.T, args ...string) {
+func testAccessLog(t *testing.T, args ...string) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "access.log")
 	s := startServer(t, append(args, "-access-log="+path)...)

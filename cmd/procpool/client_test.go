@@ -95,11 +95,46 @@ func readResponse(br *bufio.Reader) (*response, error) {
 // get makes one request on a fresh connection that asks for the close.
 func (s *server) get(t *testing.T, path string) *response {
 	t.Helper()
-	c := s.dial(t)
-	defer c.Close()
-	r, err := c.roundTrip("GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+	r, err := fetch(s.addr, path)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
 	return r
+}
+
+// fetch is get for goroutines other than the test's, and for any address.
+func fetch(addr, path string) (*response, error) {
+	c, err := dialRaw(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.roundTrip("GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+func refusedOrReset(err error) bool {
+	return err != nil && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET))
+}
+
+// halfRequest is a request whose body is half sent: 5 of 10 bytes.
+const halfRequest = "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello"
+
+// idleAndHalf opens two connections: one left idle after a keep-alive
+// request, and one that has sent halfRequest.
+func (s *server) idleAndHalf(t *testing.T) (idle, half *clientConn) {
+	t.Helper()
+	idle = s.dial(t)
+	if r, err := idle.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil || r.status != 200 || r.close {
+		t.Fatalf("keep-alive request: %+v, %v", r, err)
+	}
+	half = s.dial(t)
+	if _, err := io.WriteString(half, halfRequest); err != nil {
+		t.Fatal(err)
+	}
+	return idle, half
 }

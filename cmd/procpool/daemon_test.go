@@ -7,10 +7,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -19,14 +16,13 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// sigDaemon is a detached master started by a test, known by its pidfile
+// daemon is a detached master started by a test, known by its pidfile
 // and log file, and every process of it the test has seen.
-type sigDaemon struct {
+type daemon struct {
 	t                *testing.T
 	pidfile, logPath string
 
@@ -35,13 +31,13 @@ type sigDaemon struct {
 	kids   map[int]procID
 }
 
-// sigNewDaemon prepares the paths of a daemon and the cleanup that stops
+// newDaemon prepares the paths of a daemon and the cleanup that stops
 // whatever it leaves running: the master by pid (SIGTERM, then SIGKILL),
 // every child seen, and any process still running with this test's pidfile
 // on its command line (a second start, a new master of an upgrade).
-func sigNewDaemon(t *testing.T) *sigDaemon {
+func newDaemon(t *testing.T) *daemon {
 	dir := t.TempDir()
-	d := &sigDaemon{t: t, pidfile: filepath.Join(dir, "procpool.pid"), logPath: filepath.Join(dir, "procpool.log"),
+	d := &daemon{t: t, pidfile: filepath.Join(dir, "procpool.pid"), logPath: filepath.Join(dir, "procpool.log"),
 		kids: map[int]procID{}}
 	t.Cleanup(d.cleanup)
 	return d
@@ -49,7 +45,7 @@ func sigNewDaemon(t *testing.T) *sigDaemon {
 
 // start runs `procpool -daemon` with the daemon's pidfile and log and
 // returns its exit status and stderr; then it learns the master's pid.
-func (d *sigDaemon) start(args ...string) (int, string) {
+func (d *daemon) start(args ...string) (int, string) {
 	d.t.Helper()
 	all := append([]string{"-daemon", "-listen=127.0.0.1:0", "-grace=3s", "-pidfile", d.pidfile, "-log", d.logPath}, args...)
 	code, stderr := runToExit(d.t, all...)
@@ -59,12 +55,12 @@ func (d *sigDaemon) start(args ...string) (int, string) {
 
 // learn records the master named in the pidfile, if it runs this test's
 // binary and was not known yet, and its children.
-func (d *sigDaemon) learn() {
+func (d *daemon) learn() {
 	d.mu.Lock()
 	known := d.master.pid != 0
 	d.mu.Unlock()
 	if !known {
-		if pid := sigPidfilePid(d.pidfile); pid != 0 && sigRunsBinary(pid) {
+		if pid := pidfilePid(d.pidfile); pid != 0 && runsBinary(pid) {
 			if id, err := identify(pid); err == nil {
 				d.mu.Lock()
 				d.master = id
@@ -76,7 +72,7 @@ func (d *sigDaemon) learn() {
 }
 
 // trackKids records the master's children now.
-func (d *sigDaemon) trackKids() []int {
+func (d *daemon) trackKids() []int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.master.pid == 0 || !d.master.alive() {
@@ -93,34 +89,7 @@ func (d *sigDaemon) trackKids() []int {
 	return pids
 }
 
-// sigRunsBinary reports whether pid runs the binary TestMain built.
-func sigRunsBinary(pid int) bool {
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return err == nil && exe == binPath
-}
-
-// sigProcsWith lists the live processes of this test's binary whose
-// command line mentions s.
-func sigProcsWith(s string) []procID {
-	dirs, _ := os.ReadDir("/proc")
-	var l []procID
-	for _, e := range dirs {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() || !sigRunsBinary(pid) {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(cmdline), s) {
-			continue
-		}
-		if id, err := identify(pid); err == nil && id.alive() {
-			l = append(l, id)
-		}
-	}
-	return l
-}
-
-func (d *sigDaemon) cleanup() {
+func (d *daemon) cleanup() {
 	t := d.t
 	d.learn()
 	d.mu.Lock()
@@ -128,16 +97,16 @@ func (d *sigDaemon) cleanup() {
 	d.mu.Unlock()
 	if m.pid != 0 && m.alive() {
 		t.Errorf("daemon %d still running at the end of the test; stopping it", m.pid)
-		sigStopAdopted(t, m)
+		stopAdopted(t, m)
 	}
 	// A start that failed (a second start, a detached master that could
 	// not serve) may still be on its way out when the command that
 	// reported the failure returns: it has a while to exit by itself.
 	var left []procID
-	pollFor(stopTimeout, func() bool { left = sigProcsWith(d.pidfile); return len(left) == 0 })
+	pollFor(stopTimeout, func() bool { left = procsWith(d.pidfile); return len(left) == 0 })
 	for _, id := range left {
 		t.Errorf("process %d with pidfile %s still running at the end of the test; stopping it", id.pid, d.pidfile)
-		sigStopAdopted(t, id)
+		stopAdopted(t, id)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -157,41 +126,10 @@ func (d *sigDaemon) cleanup() {
 }
 
 // pid is the master's pid (0 if unknown).
-func (d *sigDaemon) pid() int {
+func (d *daemon) pid() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.master.pid
-}
-
-// sigFileHas polls until the file at path matches re, and returns the
-// first match.
-func sigFileHas(path string, re *regexp.Regexp, timeout time.Duration) []string {
-	var m []string
-	pollFor(timeout, func() bool {
-		b, err := os.ReadFile(path)
-		if err == nil {
-			m = re.FindStringSubmatch(string(b))
-		}
-		return m != nil
-	})
-	return m
-}
-
-// sigStat reads the session id and controlling terminal of pid from
-// /proc/PID/stat.
-func sigStat(pid int) (session, ttyNr int, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 5 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
-	}
-	session, _ = strconv.Atoi(f[3])
-	ttyNr, _ = strconv.Atoi(f[4])
-	return session, ttyNr, nil
 }
 
 // TestDaemonLifecycle goes through a daemon's life: a start over a stale pidfile
@@ -200,10 +138,10 @@ func sigStat(pid int) (session, ttyNr int, err error) {
 // running.
 func TestDaemonLifecycle(t *testing.T) {
 	t.Parallel()
-	d := sigNewDaemon(t)
+	d := newDaemon(t)
 
 	// A stale pidfile: the pid of a process that has exited, unlocked.
-	dead := sigDeadPid(t)
+	dead := deadPid(t)
 	if err := os.WriteFile(d.pidfile, []byte(strconv.Itoa(dead)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -216,40 +154,32 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Fatalf("-daemon exited %d: %s", code, stderr)
 	}
 	// Serving as soon as the command returned.
-	m := sigFileHas(d.logPath, reStarted, 0)
+	m := waitFileMatch(d.logPath, reStarted, 0)
 	if m == nil {
 		t.Fatalf("no start line in %s", d.logPath)
 	}
-	url := "http://" + m[2]
-	client := &http.Client{Timeout: ioTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Get(url + "/")
-	if err != nil {
-		t.Fatalf("request right after -daemon returned: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != helloBody {
-		t.Errorf("request right after -daemon returned: %d %q", resp.StatusCode, body)
+	if r, err := fetch(m[2], "/"); err != nil || r.status != 200 || r.body != helloBody {
+		t.Errorf("request right after -daemon returned: %+v, %v", r, err)
 	}
 
 	// The pidfile names the master (the stale pid was taken over), which
 	// leads a session of its own, with no terminal, stdin on /dev/null.
 	pid := d.pid()
 	if pid == 0 {
-		t.Fatalf("pidfile %s names no running master of this binary (holds %d)", d.pidfile, sigPidfilePid(d.pidfile))
+		t.Fatalf("pidfile %s names no running master of this binary (holds %d)", d.pidfile, pidfilePid(d.pidfile))
 	}
 	if logged, _ := strconv.Atoi(m[1]); logged != pid || pid == dead {
 		t.Errorf("pidfile holds %d, the log names master %d, the stale pid was %d", pid, logged, dead)
 	}
-	sid, tty, err := sigStat(pid)
+	st, err := readStat(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := unix.Getsid(pid); err != nil || got != pid || sid != pid {
-		t.Errorf("daemon %d is in session %d (getsid %d, %v), want its own", pid, sid, got, err)
+	if got, err := unix.Getsid(pid); err != nil || got != pid || st.session != pid {
+		t.Errorf("daemon %d is in session %d (getsid %d, %v), want its own", pid, st.session, got, err)
 	}
-	if tty != 0 {
-		t.Errorf("daemon %d has controlling terminal %#x, want none", pid, tty)
+	if st.ttyNr != 0 {
+		t.Errorf("daemon %d has controlling terminal %#x, want none", pid, st.ttyNr)
 	}
 	fds, err := fdTargets(pid)
 	if err != nil {
@@ -269,15 +199,15 @@ func TestDaemonLifecycle(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, want) {
 		t.Errorf("second start: status %d, %q; want 1 and %q", code, stderr, want)
 	}
-	if got := sigPidfilePid(d.pidfile); got != pid {
+	if got := pidfilePid(d.pidfile); got != pid {
 		t.Errorf("pidfile holds %d after a refused second start, want %d", got, pid)
 	}
 	// The refused master exits by itself.
 	if !pollFor(startTimeout, func() bool {
-		l := sigProcsWith(d.pidfile)
+		l := procsWith(d.pidfile)
 		return len(l) == 1 && l[0].pid == pid
 	}) {
-		t.Errorf("processes with pidfile %s after the refused start: %v, want only %d", d.pidfile, sigProcsWith(d.pidfile), pid)
+		t.Errorf("processes with pidfile %s after the refused start: %v, want only %d", d.pidfile, procsWith(d.pidfile), pid)
 	}
 
 	// Log rotation: rename the log, -s reopen, and the next lines go to a
@@ -316,7 +246,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if code, stderr := runToExit(t, "-s", "reload", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s reload exited %d: %s", code, stderr)
 	}
-	if sigFileHas(d.logPath, regexp.MustCompile(`msg="reload done" gen=1`), startTimeout) == nil {
+	if waitFileMatch(d.logPath, regexp.MustCompile(`msg="reload done" gen=1`), startTimeout) == nil {
 		t.Errorf("no reload in the new log %s", d.logPath)
 	}
 	if b, _ := os.ReadFile(rotated); strings.Contains(string(b), "reload begun") {
@@ -356,17 +286,10 @@ func TestDaemonLifecycle(t *testing.T) {
 	if !pollFor(startTimeout, func() bool { _, err := os.Stat(d.pidfile); return errors.Is(err, os.ErrNotExist) }) {
 		t.Errorf("pidfile %s still there after the daemon stopped", d.pidfile)
 	}
-	if !pollFor(startTimeout, func() bool {
-		for _, k := range kids {
-			if k.alive() {
-				return false
-			}
-		}
-		return true
-	}) {
+	if !waitGone(kids, startTimeout) {
 		t.Errorf("children of the daemon still alive after it stopped")
 	}
-	if sigFileHas(d.logPath, regexp.MustCompile(`msg="master stopped"`), startTimeout) == nil {
+	if waitFileMatch(d.logPath, regexp.MustCompile(`msg="master stopped"`), startTimeout) == nil {
 		t.Errorf("no stop in the log")
 	}
 
@@ -374,15 +297,4 @@ func TestDaemonLifecycle(t *testing.T) {
 	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 1 || !strings.Contains(stderr, "not running") {
 		t.Errorf("-s stop with nothing running: status %d, %q; want 1 and not running", code, stderr)
 	}
-}
-
-// sigDeadPid runs the binary with -h and returns its pid, which is then dead.
-func sigDeadPid(t *testing.T) int {
-	t.Helper()
-	cmd := exec.Command(binPath, "-h")
-	cmd.Env = serverEnv()
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("procpool -h: %v", err)
-	}
-	return cmd.Process.Pid
 }

@@ -36,14 +36,6 @@ func clientPorts(conns []*clientConn) map[int]bool {
 	return ports
 }
 
-func kidPids(kids []kidInfo) []int {
-	pids := make([]int, len(kids))
-	for i, k := range kids {
-		pids[i] = k.pid
-	}
-	return pids
-}
-
 // TestRoundRobin opens 100 connections one by one against two children and
 // finds exactly 50 accepted sockets in each.
 func TestRoundRobin(t *testing.T) {

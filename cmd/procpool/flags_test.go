@@ -21,6 +21,18 @@ func writeConfig(t *testing.T, text string) string {
 	return path
 }
 
+// rewrite replaces a file's content in one step, as an editor would.
+func rewrite(t *testing.T, path, text string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestBadUsage expects exit status 2 and a message naming what is wrong.
 func TestBadUsage(t *testing.T) {
 	t.Parallel()

@@ -117,7 +117,7 @@ func TestHandBackSplitRequest(t *testing.T) {
 func TestRecycleMaxRequests(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2", "-affinity=false", "-max-requests=200", "-admin=127.0.0.1:0")
-	admin := obsAdminAddr(t, s)
+	admin := adminAddr(t, s)
 	first := kidPids(s.waitReady(2))
 	conns := make([]*clientConn, 8)
 	for i := range conns {
@@ -134,7 +134,7 @@ func TestRecycleMaxRequests(t *testing.T) {
 	for _, pid := range first {
 		waitLog(t, s, fmt.Sprintf(`msg="child recycled" pid=%d`, pid))
 	}
-	for _, c := range obsGetStatus(t, admin).Children {
+	for _, c := range getStatus(t, admin).Children {
 		if slices.Contains(first, c.Pid) {
 			continue // on its way out
 		}

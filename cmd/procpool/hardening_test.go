@@ -6,9 +6,8 @@ package main
 
 import (
 	"bufio"
-	"fmt"
 	"net"
-	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,62 +16,25 @@ import (
 	"github.com/procpool/procpool/child"
 )
 
-// hardRSS is the resident memory of pid, from /proc/PID/status.
-func hardRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("/proc/%d/status: %q", pid, line)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("/proc/%d/status has no VmRSS", pid)
-	return 0
-}
-
-func hardTotalRSS(t *testing.T, pids []int) int64 {
-	t.Helper()
-	var sum int64
-	for _, pid := range pids {
-		sum += hardRSS(t, pid)
-	}
-	return sum
-}
-
-// hardAllRead waits until the server side of every connection from the
+// waitAllRead waits until the server side of every connection from the
 // client ports peers to port has an empty receive queue: the children have
 // read all that was sent. The kernel writes /proc/net/tcp a page per read,
 // so an entry can be missed while other tests churn connections: it polls.
-func hardAllRead(t *testing.T, port int, peers map[int]bool) {
+func waitAllRead(t *testing.T, port int, peers map[int]bool) {
 	t.Helper()
-	local := fmt.Sprintf(":%04X", port)
 	var pending int
 	ok := pollFor(ioTimeout, func() bool {
-		b, err := os.ReadFile("/proc/net/tcp")
+		table, err := tcpTable(port)
 		if err != nil {
 			t.Fatal(err)
 		}
-		read := 0
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 10 || !strings.HasSuffix(f[1], local) {
-				continue
-			}
-			_, rport, _ := strings.Cut(f[2], ":")
-			p, _ := strconv.ParseUint(rport, 16, 16)
-			_, rx, _ := strings.Cut(f[4], ":")
-			if peers[int(p)] && strings.Trim(rx, "0") == "" {
-				read++
+		read := map[int]bool{}
+		for _, e := range table {
+			if peers[e.rport] && e.rxQueue == 0 {
+				read[e.rport] = true
 			}
 		}
-		pending = len(peers) - read
+		pending = len(peers) - len(read)
 		return pending == 0
 	})
 	if !ok {
@@ -80,30 +42,23 @@ func hardAllRead(t *testing.T, port int, peers map[int]bool) {
 	}
 }
 
-// hardAllClosed waits until no connection to port is established any more
+// waitAllClosed waits until no connection to port is established any more
 // on the server side.
-func hardAllClosed(t *testing.T, port int) {
+func waitAllClosed(t *testing.T, port int) {
 	t.Helper()
-	local := fmt.Sprintf(":%04X", port)
 	ok := pollFor(ioTimeout, func() bool {
-		b, err := os.ReadFile("/proc/net/tcp")
+		table, err := heldSockets(port)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 10 && strings.HasSuffix(f[1], local) && f[3] == "01" && f[9] != "0" {
-				return false // established and held by a process
-			}
-		}
-		return true
+		return !slices.ContainsFunc(table, func(e tcpEntry) bool { return e.state == tcpEstablished })
 	})
 	if !ok {
 		t.Fatalf("connections to port %d still open after %v", port, ioTimeout)
 	}
 }
 
-func hardDial(t *testing.T, s *server, n int) ([]net.Conn, map[int]bool) {
+func dialMany(t *testing.T, s *server, n int) ([]net.Conn, map[int]bool) {
 	t.Helper()
 	conns := make([]net.Conn, 0, n)
 	ports := map[int]bool{}
@@ -136,7 +91,7 @@ func TestDeclaredBodyCostsNothing(t *testing.T) {
 		}
 		c.Close()
 	}
-	before := hardTotalRSS(t, kids)
+	before := totalRSS(t, kids)
 
 	// Two waves: a buffer the first wave left to the collector and the
 	// second reuses is zeroed, and so resident, however little of it was
@@ -147,18 +102,18 @@ func TestDeclaredBodyCostsNothing(t *testing.T) {
 			for _, c := range cs {
 				c.Close()
 			}
-			hardAllClosed(t, s.port)
+			waitAllClosed(t, s.port)
 		}
 		var ports map[int]bool
-		cs, ports = hardDial(t, s, conns)
+		cs, ports = dialMany(t, s, conns)
 		for _, c := range cs {
 			if _, err := c.Write([]byte("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n")); err != nil {
 				t.Fatal(err)
 			}
 		}
-		hardAllRead(t, s.port, ports)
+		waitAllRead(t, s.port, ports)
 	}
-	after := hardTotalRSS(t, kids)
+	after := totalRSS(t, kids)
 	t.Logf("children's RSS %.1f MiB before, %.1f MiB with %d connections each declaring a 1 MiB body (+%.2f MiB)",
 		float64(before)/(1<<20), float64(after)/(1<<20), conns, float64(after-before)/(1<<20))
 	if after-before >= budget {
@@ -234,27 +189,6 @@ func TestHugeBodyLimit(t *testing.T) {
 	}
 }
 
-func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
-}
-
-// hardCPU is the CPU time pid has used, from /proc/PID/schedstat
-// (nanoseconds on a CPU).
-func hardCPU(t *testing.T, pid int) time.Duration {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b))
-	ns, err := strconv.ParseInt(f[0], 10, 64)
-	if err != nil {
-		t.Fatalf("/proc/%d/schedstat: %q", pid, b)
-	}
-	return time.Duration(ns)
-}
-
 // TestChunkedTrickle sends 1 MiB of 1-byte chunks in 1 KiB segments, a
 // short pause after each so that the child reads them one at a time, and
 // checks the echo. It logs the child's CPU time for the request (run with
@@ -274,7 +208,10 @@ func TestChunkedTrickle(t *testing.T) {
 	req = append(req, "0\r\n\r\n"...)
 	c := s.dial(t)
 	c.SetDeadline(time.Now().Add(time.Minute))
-	before := hardCPU(t, kid)
+	before, err := cpuTime(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	for i := 0; i < len(req); i += 1 << 10 {
 		if _, err := c.Write(req[i:min(i+1<<10, len(req))]); err != nil {
@@ -286,7 +223,11 @@ func TestChunkedTrickle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpu := hardCPU(t, kid) - before
+	after, err := cpuTime(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := after - before
 	if r.status != 200 || r.body != string(body) {
 		t.Fatalf("echo: status %d, %d bytes, want 200 and the %d sent", r.status, len(r.body), len(body))
 	}

@@ -8,7 +8,6 @@ package main
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -23,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/procpool/procpool/master"
 )
 
 // binPath is the procpool binary TestMain builds.
@@ -106,7 +107,7 @@ func startServer(t *testing.T, args ...string) *server {
 }
 
 // startServerWith is startServer with a hook that may adjust the command
-// (environment, extra files) before it starts.
+// (binary, environment, extra files) before it starts: see useBin.
 func startServerWith(t *testing.T, adjust func(*exec.Cmd), args ...string) *server {
 	t.Helper()
 	all := append([]string{"-listen=127.0.0.1:0", "-grace=3s"}, args...)
@@ -115,6 +116,38 @@ func startServerWith(t *testing.T, adjust func(*exec.Cmd), args ...string) *serv
 	if adjust != nil {
 		adjust(cmd)
 	}
+	s := launch(t, cmd)
+	var started logStart
+	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
+		for _, line := range lines {
+			if started = parseStart(line); started.pid != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("master %s %v did not log its start within %v; log:\n%s", cmd.Path, all, startTimeout, s.log)
+	}
+	if started.pid != s.pid {
+		t.Fatalf("master logged pid %d, started pid %d", started.pid, s.pid)
+	}
+	s.addr = started.listen
+	_, port, err := net.SplitHostPort(s.addr)
+	if err != nil {
+		t.Fatalf("master logged listen=%q: %v", s.addr, err)
+	}
+	s.port, _ = strconv.Atoi(port)
+	if s.port == 0 {
+		t.Fatalf("master logged listen=%q: port 0 not resolved", s.addr)
+	}
+	return s
+}
+
+// launch starts cmd as a master, its stderr read into the server's log, with
+// the cleanup that stops it.
+func launch(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -134,31 +167,6 @@ func startServerWith(t *testing.T, adjust func(*exec.Cmd), args ...string) *serv
 		close(s.exited)
 	}()
 	t.Cleanup(s.stop)
-
-	var m []string
-	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
-		for _, line := range lines {
-			if m = reStarted.FindStringSubmatch(line); m != nil {
-				return true
-			}
-		}
-		return false
-	})
-	if !ok {
-		t.Fatalf("master %v did not log its start within %v; log:\n%s", all, startTimeout, s.log)
-	}
-	if pid, _ := strconv.Atoi(m[1]); pid != s.pid {
-		t.Fatalf("master logged pid %d, started pid %d", pid, s.pid)
-	}
-	s.addr = m[2]
-	_, port, err := net.SplitHostPort(s.addr)
-	if err != nil {
-		t.Fatalf("master logged listen=%q: %v", s.addr, err)
-	}
-	s.port, _ = strconv.Atoi(port)
-	if s.port == 0 {
-		t.Fatalf("master logged listen=%q: port 0 not resolved", s.addr)
-	}
 	return s
 }
 
@@ -167,8 +175,7 @@ func (s *server) readLog() {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if m := reSpawned.FindStringSubmatch(line); m != nil {
-			pid, _ := strconv.Atoi(m[1])
+		if pid := spawnedPid(line); pid != 0 {
 			s.track(pid)
 		}
 		s.log.add(line)
@@ -213,21 +220,72 @@ func (s *server) waitReady(n int) []kidInfo {
 	return kids
 }
 
-func sortKids(kids []kidInfo) {
-	slices.SortStableFunc(kids, func(a, b kidInfo) int { return cmp.Compare(a.slot, b.slot) })
+// ready are the children of generation gen that reported ready so far, in
+// slot order.
+func (s *server) ready(gen int) []kidInfo {
+	var kids []kidInfo
+	for _, k := range parseKids(s.log.snapshot(), reReady) {
+		if k.gen == gen {
+			kids = append(kids, k)
+		}
+	}
+	sortKids(kids)
+	return kids
 }
 
 // children are the master's live children now, from /proc.
 func (s *server) children() []int {
 	s.t.Helper()
-	pids, err := childPids(s.pid)
-	if err != nil {
-		s.t.Fatalf("children of %d: %v", s.pid, err)
-	}
+	pids := childrenOf(s.t, s.pid)
 	for _, pid := range pids {
 		s.track(pid)
 	}
 	return pids
+}
+
+// waitChildren polls until the master's children, from /proc, are exactly
+// want (sorted), and returns the last list it saw.
+func (s *server) waitChildren(want []int, timeout time.Duration) ([]int, bool) {
+	var got []int
+	ok := pollFor(timeout, func() bool {
+		got = s.children()
+		return slices.Equal(got, want)
+	})
+	return got, ok
+}
+
+// trackedAlive are the children this server ever had, other than keep,
+// that are still alive.
+func (s *server) trackedAlive(keep []int) []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var l []int
+	for pid, id := range s.kids {
+		if !slices.Contains(keep, pid) && id.alive() {
+			l = append(l, pid)
+		}
+	}
+	slices.Sort(l)
+	return l
+}
+
+// signal sends sig to the master.
+func (s *server) signal(sig syscall.Signal) {
+	s.t.Helper()
+	if err := syscall.Kill(s.pid, sig); err != nil {
+		s.t.Fatalf("%v to master %d: %v", sig, s.pid, err)
+	}
+}
+
+// waitExit waits for the master to exit by itself, for up to timeout;
+// after says after what.
+func (s *server) waitExit(timeout time.Duration, after string) {
+	s.t.Helper()
+	select {
+	case <-s.exited:
+	case <-time.After(timeout):
+		s.t.Fatalf("master still running %v after %s; log:\n%s", timeout, after, s.log)
+	}
 }
 
 // hasExited reports whether the master has exited (and been waited for).
@@ -271,18 +329,8 @@ func (s *server) stop() {
 	s.mu.Unlock()
 	// The master waits for its children before it exits, and a child whose
 	// master is gone dies of PR_SET_PDEATHSIG; give that a moment to land.
-	alive := func() []procID {
-		var l []procID
-		for _, id := range kids {
-			if id.alive() {
-				l = append(l, id)
-			}
-		}
-		return l
-	}
-	left := pollFor(2*time.Second, func() bool { return len(alive()) == 0 })
-	if !left {
-		for _, id := range alive() {
+	if !waitGone(kids, 2*time.Second) {
+		for _, id := range stillAlive(kids) {
 			t.Errorf("child %d of master %d still alive after the master exited; killing it", id.pid, s.pid)
 			syscall.Kill(id.pid, syscall.SIGKILL)
 		}
@@ -360,10 +408,125 @@ func variantBin(t *testing.T, tag string) string {
 }
 
 // useBin is a startServerWith hook that runs bin instead of the test's
-// ordinary build.
-func useBin(bin string) func(*exec.Cmd) {
+// ordinary build, with env added to the master's environment (which its
+// children inherit).
+func useBin(bin string, env ...string) func(*exec.Cmd) {
 	return func(c *exec.Cmd) {
 		c.Path = bin
 		c.Args[0] = bin
+		c.Env = append(c.Env, env...)
 	}
+}
+
+// installBin puts the test's binary at path, as an install does: a new
+// name renamed over the old. It is linked rather than copied: a copy's write
+// fd, inherited for a moment by a process another test forks, makes exec
+// fail with ETXTBSY.
+func installBin(t *testing.T, path string) {
+	t.Helper()
+	os.Remove(path + ".new")
+	if err := os.Link(binPath, path+".new"); err != nil {
+		t.Skipf("cannot link the binary into the test's directory: %v", err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// failUpgrade replaces the binary at bin, which s was started from, with a
+// script that exits 1, asks for an upgrade through pidfile and waits until
+// the master says it failed.
+func failUpgrade(t *testing.T, s *server, bin, pidfile string) {
+	t.Helper()
+	// A running binary cannot be written to; a new file is renamed over it.
+	script := bin + ".broken"
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(script, bin); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
+		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
+	}
+	waitLog(t, s, `msg="upgrade failed`)
+}
+
+// crashServer starts the build with crashhook.go, whose children exit with
+// status as soon as they start: in the given slots, or every slot when
+// slots is empty.
+func crashServer(t *testing.T, status int, slots string, args ...string) *server {
+	t.Helper()
+	env := []string{"CRASHTEST_STATUS=" + strconv.Itoa(status)}
+	if slots != "" {
+		env = append(env, "CRASHTEST_SLOTS="+slots)
+	}
+	return startServerWith(t, useBin(variantBin(t, "procpool_crashtest"), env...), args...)
+}
+
+// deadPid runs the binary with -h and returns its pid, which is then dead.
+func deadPid(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command(binPath, "-h")
+	cmd.Env = serverEnv()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("procpool -h: %v", err)
+	}
+	return cmd.Process.Pid
+}
+
+// pidfilePid is the pid in the pidfile, held by a running master, or 0.
+func pidfilePid(path string) int {
+	pid, err := master.RunningPid(path)
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// stopAdopted stops a master that is not the test's child (one started by
+// an upgrade, or a daemon) by pid, with its children: SIGTERM, a bounded
+// wait, SIGKILL as a last resort with a failure.
+func stopAdopted(t *testing.T, id procID) {
+	t.Helper()
+	if !id.alive() {
+		return
+	}
+	kids, _ := childPids(id.pid)
+	var ids []procID
+	for _, pid := range kids {
+		if k, err := identify(pid); err == nil {
+			ids = append(ids, k)
+		}
+	}
+	syscall.Kill(id.pid, syscall.SIGTERM)
+	if !pollFor(stopTimeout, func() bool { return !id.alive() }) {
+		t.Errorf("master %d still alive %v after SIGTERM; killing it", id.pid, stopTimeout)
+		syscall.Kill(id.pid, syscall.SIGKILL)
+	}
+	if !waitGone(ids, startTimeout) {
+		for _, k := range stillAlive(ids) {
+			t.Errorf("child %d of master %d still alive after it stopped; killing it", k.pid, id.pid)
+			syscall.Kill(k.pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// adoptedCleanup is for a test whose master s starts another with pidfile
+// (an upgrade), not the test's child: at cleanup, before the server's own,
+// it stops the one the test learnt of by storing it in the returned
+// procID, and any other process still running with pidfile on its command
+// line, should the test have failed before it learnt of it.
+func adoptedCleanup(t *testing.T, s *server, pidfile string) *procID {
+	adopted := new(procID)
+	t.Cleanup(func() {
+		stopAdopted(t, *adopted)
+		for _, id := range procsWith(pidfile) {
+			if id.pid != s.pid {
+				t.Errorf("master %d with pidfile %s still running at the end of the test; stopping it", id.pid, pidfile)
+				stopAdopted(t, id)
+			}
+		}
+	})
+	return adopted
 }

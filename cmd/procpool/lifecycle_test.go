@@ -82,12 +82,6 @@ func TestChildRespawn(t *testing.T) {
 	}
 }
 
-func sortedPids(kids []kidInfo) []int {
-	pids := kidPids(kids)
-	slices.Sort(pids)
-	return pids
-}
-
 // TestMasterKilled kills the master with SIGKILL: its children exit by
 // themselves (nobody else signals them), the clients' connections close, and
 // the port is free.
@@ -99,14 +93,7 @@ func TestMasterKilled(t *testing.T) {
 			const workers = 2
 			s := startServer(t, "-mode="+mode, "-workers=2")
 			kids := s.waitReady(workers)
-			var ids []procID
-			for _, k := range kids {
-				id, err := identify(k.pid)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ids = append(ids, id)
-			}
+			ids := identifyAll(t, kidPids(kids))
 			conns := openConns(t, s, 2*workers) // every child holds a connection
 
 			if err := s.cmd.Process.Kill(); err != nil {
@@ -114,19 +101,9 @@ func TestMasterKilled(t *testing.T) {
 			}
 			<-s.exited
 			killed := time.Now()
-			gone := pollFor(startTimeout, func() bool {
-				for _, id := range ids {
-					if id.alive() {
-						return false
-					}
-				}
-				return true
-			})
-			if !gone {
-				for _, id := range ids {
-					if id.alive() {
-						t.Errorf("child %d still alive %v after the master was killed", id.pid, time.Since(killed).Round(time.Millisecond))
-					}
+			if !waitGone(ids, startTimeout) {
+				for _, id := range stillAlive(ids) {
+					t.Errorf("child %d still alive %v after the master was killed", id.pid, time.Since(killed).Round(time.Millisecond))
 				}
 				return // the cleanup kills them
 			}
@@ -136,10 +113,7 @@ func TestMasterKilled(t *testing.T) {
 					t.Errorf("connection %d after the master died: %v", i, err)
 				}
 			}
-			none := func(l sockets) bool { return l.total == 0 }
-			if l := pollOwners(t, none, s.port, tcpListen, nil); !none(l) {
-				t.Errorf("%d sockets still listen on port %d", l.total, s.port)
-			}
+			s.waitNoListener(t, "the master died")
 			ln, err := net.Listen("tcp", s.addr)
 			if err != nil {
 				if errors.Is(err, syscall.EADDRINUSE) {

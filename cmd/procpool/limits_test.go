@@ -11,7 +11,6 @@ import (
 	"os"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,85 +21,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// obsTCPLine is the /proc/net/tcp entry of the server side of the
-// connection from client port peer to local port, split into fields; nil
-// when it is not there. The kernel writes that file a page per read, so a
-// look while other tests open and close connections may miss an entry:
-// callers poll.
-func obsTCPLine(port, peer int) ([]string, error) {
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		return nil, err
-	}
-	local, remote := fmt.Sprintf(":%04X", port), fmt.Sprintf(":%04X", peer)
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 10 && strings.HasSuffix(f[1], local) && strings.HasSuffix(f[2], remote) {
-			return f, nil
-		}
-	}
-	return nil, nil
-}
-
-// obsBacklogged reports whether the server side of the connection from
+// backlogged reports whether the server side of the connection from
 // client port peer to local port is established but held by no process
 // (inode 0): still in the listening socket's accept queue, never accepted.
-func obsBacklogged(t *testing.T, port, peer int) bool {
+func backlogged(t *testing.T, port, peer int) bool {
 	t.Helper()
-	queued := false
-	pollFor(3*time.Second, func() bool {
-		f, err := obsTCPLine(port, peer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f == nil {
-			return false
-		}
-		st, _ := strconv.ParseUint(f[3], 16, 8)
-		queued = st == tcpEstablished && f[9] == "0"
-		return queued
+	return pollFor(3*time.Second, func() bool {
+		e, found := serverSocket(t, port, peer)
+		return found && e.state == tcpEstablished && e.inode == 0
 	})
-	return queued
 }
 
-// obsSendQueue is how many bytes the server side of the connection from
+// sendQueue is how many bytes the server side of the connection from
 // client port peer to local port has written but the client has not
 // acknowledged (tx_queue in /proc/net/tcp); -1 when the entry was missed.
-func obsSendQueue(t *testing.T, port, peer int) int64 {
+func sendQueue(t *testing.T, port, peer int) int64 {
 	t.Helper()
-	f, err := obsTCPLine(port, peer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f == nil {
+	e, found := serverSocket(t, port, peer)
+	if !found {
 		return -1
 	}
-	tx, _, _ := strings.Cut(f[4], ":")
-	n, err := strconv.ParseInt(tx, 16, 64)
-	if err != nil {
-		t.Fatalf("/proc/net/tcp: tx_queue %q: %v", f[4], err)
-	}
-	return n
-}
-
-// obsCPUTime is the user plus system CPU time pid has used, from
-// /proc/PID/stat (in clock ticks of 1/100 s, USER_HZ on Linux).
-func obsCPUTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	utime, err1 := strconv.ParseUint(f[11], 10, 64)
-	stime, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return e.txQueue
 }
 
 // TestMaxConnsBackpressure: with one child and -max-conns 3, a fourth
@@ -131,7 +72,7 @@ func TestMaxConnsBackpressure(t *testing.T) {
 		t.Fatalf("fourth connection, while 3 are open: %v; want no answer (a timeout), not a close", err)
 	}
 	peer := fourth.LocalAddr().(*net.TCPAddr).Port
-	if !obsBacklogged(t, s.port, peer) {
+	if !backlogged(t, s.port, peer) {
 		t.Errorf("the fourth connection (client port %d) is not waiting in the accept queue: the master accepted it", peer)
 	}
 
@@ -152,10 +93,10 @@ func TestMaxConnsBackpressure(t *testing.T) {
 	}
 }
 
-// obsPending dials n connections at once and sends each a request; the
+// pendingRequests dials n connections at once and sends each a request; the
 // returned channel gets one value per connection when its answer arrives (or
 // an error), and answered counts the answers.
-func obsPending(t *testing.T, s *server, n int) (<-chan error, *atomic.Int32) {
+func pendingRequests(t *testing.T, s *server, n int) (<-chan error, *atomic.Int32) {
 	t.Helper()
 	conns := make([]net.Conn, n)
 	for i := range conns {
@@ -223,7 +164,7 @@ func TestMasterOutOfFds(t *testing.T) {
 	// goes on; the burst is served without any help.
 	setLimit(uint64(len(fds) + 5))
 	from := len(s.log.snapshot())
-	done, _ := obsPending(t, s, burst)
+	done, _ := pendingRequests(t, s, burst)
 	for range burst {
 		if err := <-done; err != nil {
 			t.Errorf("with 5 fds to spare: %v", err)
@@ -241,18 +182,10 @@ func TestMasterOutOfFds(t *testing.T) {
 
 	// None to spare: every connection waits, and is answered once the
 	// limit is back.
-	lines := obsStarve(t, s, s.pid, "the master", burst)
+	lines := starve(t, s, s.pid, "the master", burst)
 	var times []time.Time
 	for _, line := range lines {
-		m := reLogTime.FindStringSubmatch(line)
-		if m == nil {
-			t.Fatalf("log line %q has no time", line)
-		}
-		ts, err := time.Parse(time.RFC3339Nano, m[1])
-		if err != nil {
-			t.Fatalf("log line %q: time: %v", line, err)
-		}
-		times = append(times, ts)
+		times = append(times, lineTime(t, line))
 	}
 	for i := 1; i < len(times); i++ {
 		if gap := times[i].Sub(times[i-1]); gap < 950*time.Millisecond {
@@ -324,13 +257,11 @@ func TestMaxConnsReload(t *testing.T) {
 	waiting(open(), "a fourth connection at max-conns 3")
 }
 
-var reLogTime = regexp.MustCompile(`^time=(\S+) `)
-
-// obsConnsHeld is how many connections (sockets on local port port other
+// connsHeld is how many connections (sockets on local port port other
 // than listeners) pid holds.
-func obsConnsHeld(t *testing.T, pid, port int) int {
+func connsHeld(t *testing.T, pid, port int) int {
 	t.Helper()
-	table, err := tcpSockets(port)
+	table, err := heldSockets(port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +278,7 @@ func obsConnsHeld(t *testing.T, pid, port int) int {
 	return n
 }
 
-// obsStarve sets pid's RLIMIT_NOFILE to its lowest free fd number, so that
+// starve sets pid's RLIMIT_NOFILE to its lowest free fd number, so that
 // accept4 there fails with EMFILE however many connections wait, and opens
 // burst connections with a request each. For two seconds none may be
 // answered, pid must stay alive without spinning (under 0.5 s of CPU) and
@@ -355,7 +286,7 @@ func obsConnsHeld(t *testing.T, pid, port int) int {
 // (lines saying "too many open files" count too).
 // Then the limit goes back and every connection must be answered. It
 // returns the log lines that said "out of file descriptors".
-func obsStarve(t *testing.T, s *server, pid int, who string, burst int) []string {
+func starve(t *testing.T, s *server, pid int, who string, burst int) []string {
 	t.Helper()
 	var orig unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &orig); err != nil {
@@ -367,8 +298,8 @@ func obsStarve(t *testing.T, s *server, pid int, who string, burst int) []string
 	// limit. First the process holds no connection (one it still had would
 	// be closed soon); then, once the limit is set, every fd under it must
 	// still be open.
-	if !pollFor(startTimeout, func() bool { return obsConnsHeld(t, pid, s.port) == 0 }) {
-		t.Fatalf("%s (pid %d) still holds %d connections on port %d", who, pid, obsConnsHeld(t, pid, s.port), s.port)
+	if !pollFor(startTimeout, func() bool { return connsHeld(t, pid, s.port) == 0 }) {
+		t.Fatalf("%s (pid %d) still holds %d connections on port %d", who, pid, connsHeld(t, pid, s.port), s.port)
 	}
 	fdSet := func() []int {
 		fds, err := fdTargets(pid)
@@ -396,14 +327,14 @@ func obsStarve(t *testing.T, s *server, pid int, who string, burst int) []string
 		}
 	}
 	from := len(s.log.snapshot())
-	done, answered := obsPending(t, s, burst)
-	cpu0, err := obsCPUTime(pid)
+	done, answered := pendingRequests(t, s, burst)
+	cpu0, err := cpuTime(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
 	time.Sleep(2 * time.Second)
-	cpu1, err := obsCPUTime(pid)
+	cpu1, err := cpuTime(pid)
 	window := time.Since(start)
 	if err != nil || !pidAlive(pid) {
 		t.Fatalf("%s (pid %d) died out of fds (%v); log:\n%s", who, pid, err, s.log)
@@ -453,7 +384,7 @@ func TestChildOutOfFds(t *testing.T) {
 	if r := s.get(t, "/"); r.status != 200 {
 		t.Fatalf("GET /: %d", r.status)
 	}
-	obsStarve(t, s, kids[0].pid, "the child", 10)
+	starve(t, s, kids[0].pid, "the child", 10)
 	if now := s.children(); !slices.Equal(now, kidPids(kids)) {
 		t.Errorf("children %v, want the same as before %v", now, kidPids(kids))
 	}
@@ -468,7 +399,7 @@ func TestResetDuringLargeResponse(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2", "-admin=127.0.0.1:0")
 	kids := s.waitReady(2)
-	admin := obsAdminAddr(t, s)
+	admin := adminAddr(t, s)
 	pids := kidPids(kids)
 	slices.Sort(pids)
 
@@ -548,7 +479,7 @@ func TestResetDuringLargeResponse(t *testing.T) {
 			var last int64 = -1
 			stalled := pollFor(ioTimeout, func() bool {
 				time.Sleep(30 * time.Millisecond)
-				q := obsSendQueue(t, s.port, peer)
+				q := sendQueue(t, s.port, peer)
 				stalled := q > 1<<20 && q == last
 				last = q
 				return stalled
@@ -570,9 +501,9 @@ func TestResetDuringLargeResponse(t *testing.T) {
 	}
 
 	// Every reset connection is closed by its child, and nothing else.
-	var st obsStatus
+	var st statusDoc
 	if !pollFor(5*time.Second, func() bool {
-		st = obsGetStatus(t, admin)
+		st = getStatus(t, admin)
 		tot := st.totals()
 		return tot.accepted == resets+uint64(len(others)) && tot.open == uint64(len(others))
 	}) {

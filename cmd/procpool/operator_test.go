@@ -89,13 +89,13 @@ func TestStartCannotServe(t *testing.T) {
 		}
 	})
 	t.Run("daemon", func(t *testing.T) {
-		d := sigNewDaemon(t)
+		d := newDaemon(t)
 		code, stderr := d.start("-workers=1", "-access-log="+missing)
 		want := "procpool: -access-log: open " + missing + ": no such file or directory\n"
 		if code != 1 || stderr != want {
 			t.Errorf("-daemon: status %d, stderr %q; want 1 and %q", code, stderr, want)
 		}
-		if pid := sigPidfilePid(d.pidfile); pid != 0 {
+		if pid := pidfilePid(d.pidfile); pid != 0 {
 			t.Errorf("pidfile names a running master %d", pid)
 		}
 	})
@@ -142,7 +142,7 @@ func TestChildrenFailFatally(t *testing.T) {
 		t.Errorf("last line of stderr %q, want %q", lines[len(lines)-1:], want)
 	}
 	childErr := []string{`msg="open -access-log"`, " slot=0 ", `err="open ` + access + `: no such file or directory"`}
-	if prLine(lines, childErr...) < 0 {
+	if lineIndex(lines, childErr...) < 0 {
 		t.Errorf("no line with %q in stderr:\n%s", childErr, s.log)
 	}
 }
@@ -153,7 +153,7 @@ func TestChildrenFailFatally(t *testing.T) {
 // through the pidfile it names.
 func TestControlScripting(t *testing.T) {
 	t.Parallel()
-	d := sigNewDaemon(t)
+	d := newDaemon(t)
 	conf := writeConfig(t, fmt.Sprintf("pidfile = %s\nworkers = 1\ngrace = 2s\n", d.pidfile))
 	start := func() {
 		t.Helper()
@@ -179,7 +179,7 @@ func TestControlScripting(t *testing.T) {
 	if o := readReloadFile(t, d.pidfile); o != fmt.Sprintf("%d 1 ok generation 1\n", first.pid) {
 		t.Errorf("reload file holds %q after a good reload", o)
 	}
-	sigRewrite(t, conf, fmt.Sprintf("pidfile = %s\nworkers = 1\nworkers = banana\nfrobnicate = yes\n", d.pidfile))
+	rewrite(t, conf, fmt.Sprintf("pidfile = %s\nworkers = 1\nworkers = banana\nfrobnicate = yes\n", d.pidfile))
 	want := "procpool: reload rejected: config " + conf + ` line 3: workers: want a whole number, got "banana"` + "\n"
 	if code, stderr := ctl("-s", "reload"); code != 1 || stderr != want {
 		t.Errorf("-s reload of a broken config: status %d, stderr %q; want 1 and %q", code, stderr, want)
@@ -187,7 +187,7 @@ func TestControlScripting(t *testing.T) {
 
 	// A request whose body never finishes holds the drain until -grace
 	// (2s): -s stop must not return before the master has exited.
-	m := sigFileHas(d.logPath, reStarted, 0)
+	m := waitFileMatch(d.logPath, reStarted, 0)
 	if m == nil {
 		t.Fatalf("no start line in %s", d.logPath)
 	}
@@ -209,9 +209,9 @@ func TestControlScripting(t *testing.T) {
 		t.Errorf("reload file after the stop: %v, want it gone", err)
 	}
 	// ... so that the next start finds the pidfile free.
-	sigRewrite(t, conf, fmt.Sprintf("pidfile = %s\nworkers = 1\ngrace = 2s\n", d.pidfile))
+	rewrite(t, conf, fmt.Sprintf("pidfile = %s\nworkers = 1\ngrace = 2s\n", d.pidfile))
 	start()
-	second, err := identify(sigPidfilePid(d.pidfile))
+	second, err := identify(pidfilePid(d.pidfile))
 	if err != nil || second.pid == first.pid {
 		t.Fatalf("second start: pidfile names %d (%v), first master was %d", second.pid, err, first.pid)
 	}
@@ -299,11 +299,11 @@ func TestProcessTitles(t *testing.T) {
 		checkComm(t, k.pid, "procpool/"+strconv.Itoa(k.slot))
 		checkArgv0(t, k.pid, fmt.Sprintf("procpool: child %d gen 0", k.slot))
 	}
-	s.sigSignal(syscall.SIGHUP)
-	if !s.sigWaitGen(reSigReloadDone, 1, startTimeout) {
+	s.signal(syscall.SIGHUP)
+	if !s.waitGen(reReloadDone, 1, startTimeout) {
 		t.Fatalf("reload not done; log:\n%s", s.log)
 	}
-	gen1 := s.sigReady(1)
+	gen1 := s.ready(1)
 	for _, k := range gen1 {
 		checkArgv0(t, k.pid, fmt.Sprintf("procpool: child %d gen 1", k.slot))
 	}
@@ -318,7 +318,7 @@ func TestProcessTitles(t *testing.T) {
 		}
 	}
 
-	d := sigNewDaemon(t)
+	d := newDaemon(t)
 	if code, stderr := d.start("-workers=1"); code != 0 {
 		t.Fatalf("-daemon exited %d: %s", code, stderr)
 	}
@@ -359,14 +359,14 @@ func checkArgv0(t *testing.T, pid int, want string) {
 // ("3s"), not as nanoseconds.
 func TestLogJSONDurations(t *testing.T) {
 	t.Parallel()
-	d := sigNewDaemon(t)
+	d := newDaemon(t)
 	if code, stderr := d.start("-workers=1", "-log-json"); code != 0 {
 		t.Fatalf("-daemon exited %d: %s", code, stderr)
 	}
 	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s stop: %d %s", code, stderr)
 	}
-	if sigFileHas(d.logPath, regexp.MustCompile(`"msg":"graceful stop","grace":"3s"`), 0) == nil {
+	if waitFileMatch(d.logPath, regexp.MustCompile(`"msg":"graceful stop","grace":"3s"`), 0) == nil {
 		b, _ := os.ReadFile(d.logPath)
 		t.Errorf(`no "grace":"3s" in the graceful stop line:\n%s`, b)
 	}
@@ -380,8 +380,8 @@ func TestAdminListenerBounds(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=1", "-admin=localhost:0")
 	s.waitReady(1)
-	local := obsAdminAddr(t, s)
-	if _, err := obsGet(local, "/status"); err != nil {
+	local := adminAddr(t, s)
+	if _, err := adminGet(local, "/status"); err != nil {
 		t.Fatalf("GET /status on %s: %v", local, err)
 	}
 
@@ -411,7 +411,7 @@ func TestAdminListenerBounds(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	if !pollFor(2*time.Second, func() bool { _, err := obsGet(local, "/status"); return err == nil }) {
+	if !pollFor(2*time.Second, func() bool { _, err := adminGet(local, "/status"); return err == nil }) {
 		t.Errorf("GET /status fails after the connections closed")
 	}
 

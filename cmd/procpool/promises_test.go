@@ -4,9 +4,6 @@ package main
 // of a stop (-grace running out, SIGINT, SIGQUIT), the staged close and the
 // other per-connection timeouts, fatal children, what a reload may not
 // change, -user in reuseport mode and -log-json.
-//
-// The helpers here carry the pr prefix: other files of this package are
-// written at the same time by others.
 
 import (
 	"bufio"
@@ -16,11 +13,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,73 +22,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// prHalfRequest is a request whose body is half sent: 5 of 10 bytes.
-const prHalfRequest = "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello"
-
-// prHolder waits until one of pids holds the server side of c with nothing
-// left unread, and returns it.
-func prHolder(t *testing.T, s *server, c *clientConn, pids []int) int {
-	t.Helper()
-	peer := c.LocalAddr().(*net.TCPAddr).Port
-	holder := 0
-	if !pollFor(startTimeout, func() bool {
-		ino, rx, found, err := sigServerSocket(s.port, peer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !found || rx != 0 {
-			return false
-		}
-		for _, pid := range pids {
-			if inodes, err := socketInodes(pid); err == nil && inodes[ino] {
-				holder = pid
-				return true
-			}
-		}
-		return false
-	}) {
-		t.Fatalf("no child of %v holds the connection from port %d with nothing left unread", pids, peer)
-	}
-	return holder
-}
-
-// prHeld reports whether a process holds the server side of the connection
-// from client port peer (an orphan the kernel still winds down, or a socket
-// gone, is not held), and how many received bytes wait in it unread.
-func prHeld(t *testing.T, s *server, peer int) (held bool, unread int) {
-	t.Helper()
-	_, rx, found, err := sigServerSocket(s.port, peer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return found, rx
-}
-
-// prLine is the index of the first log line that contains every one of
-// parts, or -1.
-func prLine(lines []string, parts ...string) int {
-	for i, line := range lines {
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(line, p)
-		}
-		if all {
-			return i
-		}
-	}
-	return -1
-}
-
-// prWaitExit waits for the master to exit by itself, for up to timeout.
-func prWaitExit(t *testing.T, s *server, timeout time.Duration, what string) {
-	t.Helper()
-	select {
-	case <-s.exited:
-	case <-time.After(timeout):
-		t.Fatalf("master still running %v after %s; log:\n%s", timeout, what, s.log)
-	}
-}
 
 // TestGraceRunsOut: a graceful stop waits -grace for the request in
 // progress; when it runs out the master kills the child still holding it
@@ -105,18 +32,18 @@ func TestGraceRunsOut(t *testing.T) {
 	s := startServer(t, "-workers=2", "-grace="+grace.String())
 	pids := kidPids(s.waitReady(2))
 	half := s.dial(t)
-	if _, err := io.WriteString(half, prHalfRequest); err != nil {
+	if _, err := io.WriteString(half, halfRequest); err != nil {
 		t.Fatal(err)
 	}
-	holder := prHolder(t, s, half, pids)
+	holder := s.waitHolder(t, half, pids)
 	holderID, err := identify(holder)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	begin := time.Now()
-	s.sigSignal(syscall.SIGTERM)
-	prWaitExit(t, s, grace+stopTimeout, "SIGTERM")
+	s.signal(syscall.SIGTERM)
+	s.waitExit(grace+stopTimeout, "SIGTERM")
 	took := time.Since(begin)
 	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("master exited with %v after the grace ran out, want status 0", s.cmd.ProcessState)
@@ -129,15 +56,15 @@ func TestGraceRunsOut(t *testing.T) {
 	}
 	// Its end, in the log: after the stop began, killed, reaped.
 	lines := s.log.snapshot()
-	stop := prLine(lines, `msg="graceful stop"`)
-	kill := prLine(lines, `msg="killing child past the grace period"`, fmt.Sprintf(" pid=%d ", holder))
-	reaped := prLine(lines, fmt.Sprintf(" pid=%d ", holder), "signal=killed")
+	stop := lineIndex(lines, `msg="graceful stop"`)
+	kill := lineIndex(lines, `msg="killing child past the grace period"`, fmt.Sprintf(" pid=%d ", holder))
+	reaped := lineIndex(lines, fmt.Sprintf(" pid=%d ", holder), "signal=killed")
 	if stop < 0 || kill < stop || reaped < kill {
 		t.Errorf("log lines: graceful stop at %d, kill of child %d at %d, its death by SIGKILL at %d; want them all, in this order; log:\n%s",
 			stop, holder, kill, reaped, strings.Join(lines, "\n"))
 	}
 	for _, pid := range pids {
-		if pid != holder && prLine(lines, `msg="killing child past the grace period"`, fmt.Sprintf(" pid=%d ", pid)) >= 0 {
+		if pid != holder && lineIndex(lines, `msg="killing child past the grace period"`, fmt.Sprintf(" pid=%d ", pid)) >= 0 {
 			t.Errorf("child %d, idle, was killed rather than drained", pid)
 		}
 	}
@@ -154,26 +81,12 @@ func TestFastStop(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2", "-grace=60s")
 	pids := kidPids(s.waitReady(2))
-	var ids []procID
-	for _, pid := range pids {
-		id, err := identify(pid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	idle := s.dial(t)
-	if r, err := idle.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil || r.status != 200 || r.close {
-		t.Fatalf("keep-alive request: %+v, %v", r, err)
-	}
-	half := s.dial(t)
-	if _, err := io.WriteString(half, prHalfRequest); err != nil {
-		t.Fatal(err)
-	}
-	prHolder(t, s, half, pids)
+	ids := identifyAll(t, pids)
+	idle, half := s.idleAndHalf(t)
+	s.waitHolder(t, half, pids)
 
-	s.sigSignal(syscall.SIGINT)
-	prWaitExit(t, s, stopTimeout, "SIGINT, with -grace=60s and a request in progress")
+	s.signal(syscall.SIGINT)
+	s.waitExit(stopTimeout, "SIGINT, with -grace=60s and a request in progress")
 	if st := s.cmd.ProcessState; !st.Exited() {
 		t.Errorf("master ended with %v after SIGINT, want an exit of its own", st)
 	} else {
@@ -184,7 +97,7 @@ func TestFastStop(t *testing.T) {
 			t.Errorf("child %d outlived the master's fast stop", id.pid)
 		}
 	}
-	if i := prLine(s.log.snapshot(), `msg="killing child past the grace period"`); i >= 0 {
+	if i := lineIndex(s.log.snapshot(), `msg="killing child past the grace period"`); i >= 0 {
 		t.Errorf("a child had to be killed: it did not exit at once: %s", s.log.snapshot()[i])
 	}
 	// Neither connection got an answer more.
@@ -202,21 +115,11 @@ func TestGracefulStopQuit(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2", "-grace=8s")
 	pids := kidPids(s.waitReady(2))
-	idle := s.dial(t)
-	if r, err := idle.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil || r.status != 200 || r.close {
-		t.Fatalf("keep-alive request: %+v, %v", r, err)
-	}
-	half := s.dial(t)
-	if _, err := io.WriteString(half, prHalfRequest); err != nil {
-		t.Fatal(err)
-	}
-	prHolder(t, s, half, pids)
+	idle, half := s.idleAndHalf(t)
+	s.waitHolder(t, half, pids)
 
-	s.sigSignal(syscall.SIGQUIT)
-	none := func(l sockets) bool { return l.total == 0 }
-	if l := pollOwners(t, none, s.port, tcpListen, nil); !none(l) {
-		t.Fatalf("%d sockets still listen on port %d after SIGQUIT", l.total, s.port)
-	}
+	s.signal(syscall.SIGQUIT)
+	s.waitNoListener(t, "SIGQUIT")
 	if c, err := net.DialTimeout("tcp", s.addr, ioTimeout); err == nil {
 		c.Close()
 		t.Errorf("a new connection after SIGQUIT was accepted")
@@ -235,21 +138,21 @@ func TestGracefulStopQuit(t *testing.T) {
 		t.Errorf("the request in progress at SIGQUIT: status %d body %q close %v, want 200 %q with Connection: close",
 			r.status, r.body, r.close, "helloworld")
 	}
-	prWaitExit(t, s, stopTimeout, "SIGQUIT and the last request")
+	s.waitExit(stopTimeout, "SIGQUIT and the last request")
 	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("master exited with %v after SIGQUIT, want status 0", s.cmd.ProcessState)
 	}
 }
 
-// prBadRequest gets a 400 (whitespace before a header's colon).
-const prBadRequest = "GET / HTTP/1.1\r\nHost : test\r\n\r\n"
+// badRequest gets a 400 (whitespace before a header's colon).
+const badRequest = "GET / HTTP/1.1\r\nHost : test\r\n\r\n"
 
-// prRejected sends prBadRequest on c and checks the start of the staged
+// checkRejected sends badRequest on c and checks the start of the staged
 // close: the status with Connection: close, then an EOF (the server shut
 // its write side).
-func prRejected(t *testing.T, c *clientConn) {
+func checkRejected(t *testing.T, c *clientConn) {
 	t.Helper()
-	r, err := c.roundTrip(prBadRequest)
+	r, err := c.roundTrip(badRequest)
 	if err != nil {
 		t.Fatalf("bad request: %v", err)
 	}
@@ -262,9 +165,28 @@ func prRejected(t *testing.T, c *clientConn) {
 	}
 }
 
-// prWriteFails writes on c until a write fails (the server reset the
+// lingering sends a bad request on a new connection, checks the start of
+// the staged close (checkRejected), sends n bytes more and waits until the
+// server has read them and still holds the connection: it lingers.
+func (s *server) lingering(t *testing.T, n int) (c *clientConn, peer int) {
+	t.Helper()
+	c = s.dial(t)
+	peer = c.LocalAddr().(*net.TCPAddr).Port
+	checkRejected(t, c)
+	if _, err := c.Write(bytes.Repeat([]byte("x"), n)); err != nil {
+		t.Fatalf("write while the server lingers: %v", err)
+	}
+	if !pollFor(startTimeout, func() bool { held, unread := s.held(t, peer); return held && unread == 0 }) {
+		held, unread := s.held(t, peer)
+		t.Fatalf("after the 400 and %d bytes the server's socket is held %v with %d bytes unread: want it held and read (lingering)",
+			n, held, unread)
+	}
+	return c, peer
+}
+
+// writeFails writes on c until a write fails (the server reset the
 // connection), for up to ioTimeout.
-func prWriteFails(c *clientConn) error {
+func writeFails(c *clientConn) error {
 	var err error
 	pollFor(ioTimeout, func() bool {
 		c.SetWriteDeadline(time.Now().Add(ioTimeout))
@@ -288,21 +210,11 @@ func TestLingerTimeout(t *testing.T) {
 	const linger = 2 * time.Second
 	s := startServer(t, "-workers=1", "-linger-timeout="+linger.String())
 	s.waitReady(1)
-	c := s.dial(t)
-	peer := c.LocalAddr().(*net.TCPAddr).Port
 	sent := time.Now()
-	prRejected(t, c)
-
 	// Lingering: what comes is read, the socket is still held.
-	if _, err := c.Write(bytes.Repeat([]byte("x"), 1<<10)); err != nil {
-		t.Fatalf("write while the server lingers: %v", err)
-	}
-	if !pollFor(startTimeout, func() bool { held, unread := prHeld(t, s, peer); return held && unread == 0 }) {
-		held, unread := prHeld(t, s, peer)
-		t.Fatalf("after the 400 the server's socket is held %v with %d bytes unread: want it held and read (lingering)", held, unread)
-	}
+	c, peer := s.lingering(t, 1<<10)
 	// Then the close.
-	if !pollFor(linger+startTimeout, func() bool { held, _ := prHeld(t, s, peer); return !held }) {
+	if !pollFor(linger+startTimeout, func() bool { held, _ := s.held(t, peer); return !held }) {
 		t.Fatalf("the server still holds the rejected connection %v after the bad request (-linger-timeout=%v)",
 			time.Since(sent).Round(time.Millisecond), linger)
 	}
@@ -311,7 +223,7 @@ func TestLingerTimeout(t *testing.T) {
 	if took := time.Since(sent); took < linger-5*time.Millisecond {
 		t.Errorf("the server closed the rejected connection %v after the bad request, before -linger-timeout=%v", took, linger)
 	}
-	if err := prWriteFails(c); err != nil {
+	if err := writeFails(c); err != nil {
 		t.Errorf("after the linger: %v", err)
 	}
 }
@@ -322,26 +234,16 @@ func TestLingerCap(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=1", "-linger-timeout=60s")
 	s.waitReady(1)
-	c := s.dial(t)
-	peer := c.LocalAddr().(*net.TCPAddr).Port
-	prRejected(t, c)
-
 	// 16 KiB is under the cap: read, and the socket still held.
-	if _, err := c.Write(bytes.Repeat([]byte("x"), 16<<10)); err != nil {
-		t.Fatalf("write while the server lingers: %v", err)
-	}
-	if !pollFor(startTimeout, func() bool { held, unread := prHeld(t, s, peer); return held && unread == 0 }) {
-		held, unread := prHeld(t, s, peer)
-		t.Fatalf("after 16 KiB the server's socket is held %v with %d bytes unread: want it held and read (lingering)", held, unread)
-	}
+	c, peer := s.lingering(t, 16<<10)
 	// 100 KiB more is over it: the server lets go, though the linger
 	// timeout is a minute away.
 	c.SetWriteDeadline(time.Now().Add(ioTimeout))
 	c.Write(bytes.Repeat([]byte("y"), 100<<10)) // may fail: the server resets once it stops reading
-	if !pollFor(ioTimeout, func() bool { held, _ := prHeld(t, s, peer); return !held }) {
+	if !pollFor(ioTimeout, func() bool { held, _ := s.held(t, peer); return !held }) {
 		t.Fatalf("the server still holds a rejected connection that sent 116 KiB after the 400")
 	}
-	if err := prWriteFails(c); err != nil {
+	if err := writeFails(c); err != nil {
 		t.Errorf("after the cap: %v", err)
 	}
 }
@@ -357,7 +259,7 @@ func TestBodyTimeout(t *testing.T) {
 
 	stalled := s.dial(t)
 	sent := time.Now()
-	if _, err := io.WriteString(stalled, prHalfRequest); err != nil {
+	if _, err := io.WriteString(stalled, halfRequest); err != nil {
 		t.Fatal(err)
 	}
 	// Closed, never answered.
@@ -387,9 +289,9 @@ func TestBodyTimeout(t *testing.T) {
 	}
 }
 
-// prBigEcho is a POST /echo of n bytes, a pattern no shifted or dropped
+// bigEcho is a POST /echo of n bytes, a pattern no shifted or dropped
 // piece of would still match.
-func prBigEcho(n int) (request, body []byte) {
+func bigEcho(n int) (request, body []byte) {
 	body = make([]byte, n)
 	for i := range body {
 		body[i] = byte(i*7 + i>>10)
@@ -398,9 +300,9 @@ func prBigEcho(n int) (request, body []byte) {
 	return append([]byte(head), body...), body
 }
 
-// prDialBuf dials with a small receive buffer, so that what the client does
+// dialBuf dials with a small receive buffer, so that what the client does
 // not read piles up on the server's side.
-func prDialBuf(t *testing.T, addr string, rcvbuf int) *clientConn {
+func dialBuf(t *testing.T, addr string, rcvbuf int) *clientConn {
 	t.Helper()
 	d := net.Dialer{Timeout: ioTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
@@ -415,14 +317,14 @@ func prDialBuf(t *testing.T, addr string, rcvbuf int) *clientConn {
 	return &clientConn{Conn: c, br: bufio.NewReaderSize(c, 64<<10)}
 }
 
-// prPaced reads at most piece bytes per read, pausing between reads.
-type prPaced struct {
+// pacedReader reads at most piece bytes per read, pausing between reads.
+type pacedReader struct {
 	r     io.Reader
 	piece int
 	pause time.Duration
 }
 
-func (p *prPaced) Read(b []byte) (int, error) {
+func (p *pacedReader) Read(b []byte) (int, error) {
 	time.Sleep(p.pause)
 	return p.r.Read(b[:min(len(b), p.piece)])
 }
@@ -436,17 +338,17 @@ func TestWriteTimeout(t *testing.T) {
 	const timeout = 3 * time.Second
 	s := startServer(t, "-workers=1", "-write-timeout="+timeout.String(), "-max-body=16777216")
 	s.waitReady(1)
-	request, body := prBigEcho(8 << 20)
+	request, body := bigEcho(8 << 20)
 
 	// A client that never reads: the answer stalls, then the server closes.
-	stalled := prDialBuf(t, s.addr, 4<<10)
+	stalled := dialBuf(t, s.addr, 4<<10)
 	peer := stalled.LocalAddr().(*net.TCPAddr).Port
 	before := time.Now()
 	stalled.SetDeadline(time.Now().Add(ioTimeout + timeout))
 	if _, err := stalled.Write(request); err != nil {
 		t.Fatalf("sending the request: %v", err)
 	}
-	if !pollFor(timeout+startTimeout, func() bool { held, _ := prHeld(t, s, peer); return !held }) {
+	if !pollFor(timeout+startTimeout, func() bool { held, _ := s.held(t, peer); return !held }) {
 		t.Fatalf("the server still holds a connection whose client has not read for %v (-write-timeout=%v)",
 			time.Since(before).Round(time.Millisecond), timeout)
 	}
@@ -461,13 +363,13 @@ func TestWriteTimeout(t *testing.T) {
 
 	// A client that reads at most 64 KiB every 40 ms: the transfer lasts
 	// longer than the timeout, but every write makes progress.
-	steady := prDialBuf(t, s.addr, 64<<10)
+	steady := dialBuf(t, s.addr, 64<<10)
 	steady.SetDeadline(time.Now().Add(ioTimeout + 4*timeout))
 	begin := time.Now()
 	if _, err := steady.Write(request); err != nil {
 		t.Fatalf("sending the request: %v", err)
 	}
-	r, err := readResponse(bufio.NewReaderSize(&prPaced{r: steady.Conn, piece: 64 << 10, pause: 40 * time.Millisecond}, 64<<10))
+	r, err := readResponse(bufio.NewReaderSize(&pacedReader{r: steady.Conn, piece: 64 << 10, pause: 40 * time.Millisecond}, 64<<10))
 	took := time.Since(begin)
 	if err != nil || r.status != 200 || r.body != string(body) {
 		status, n := 0, 0
@@ -483,23 +385,11 @@ func TestWriteTimeout(t *testing.T) {
 	t.Logf("the steady client read the %d-byte answer in %v", len(body), took.Round(time.Millisecond))
 }
 
-// prCrashServer starts the crash binary (see crashhook.go) with children
-// that exit with status: in the given slots, or every slot when slots is
-// empty.
-func prCrashServer(t *testing.T, status int, slots string, args ...string) *server {
-	t.Helper()
-	env := []string{"CRASHTEST_STATUS=" + strconv.Itoa(status)}
-	if slots != "" {
-		env = append(env, "CRASHTEST_SLOTS="+slots)
-	}
-	return sigStartServerEnv(t, sigCrashBin(t), env, args...)
-}
-
 // TestFatalChildNotReplaced: a child that exits with status 2 is fatal: its
 // slot is not respawned, while the other slot serves on.
 func TestFatalChildNotReplaced(t *testing.T) {
 	t.Parallel()
-	s := prCrashServer(t, 2, "0", "-workers=2")
+	s := crashServer(t, 2, "0", "-workers=2")
 	var fatal, serving kidInfo
 	if !s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
 		for _, k := range parseKids(lines, reReady) {
@@ -508,7 +398,7 @@ func TestFatalChildNotReplaced(t *testing.T) {
 			}
 		}
 		for _, k := range parseKids(lines, reSpawned) {
-			if k.slot == 0 && prLine(lines, fmt.Sprintf(" pid=%d ", k.pid), "status=2") >= 0 {
+			if k.slot == 0 && lineIndex(lines, fmt.Sprintf(" pid=%d ", k.pid), "status=2") >= 0 {
 				fatal = k
 			}
 		}
@@ -540,13 +430,13 @@ func TestFatalChildNotReplaced(t *testing.T) {
 // says so and stops, exiting 1 (a runtime failure).
 func TestAllChildrenFatal(t *testing.T) {
 	t.Parallel()
-	s := prCrashServer(t, 2, "", "-workers=2")
-	prWaitExit(t, s, startTimeout, "every child exited with status 2")
+	s := crashServer(t, 2, "", "-workers=2")
+	s.waitExit(startTimeout, "every child exited with status 2")
 	if code := s.cmd.ProcessState.ExitCode(); code != 1 {
 		t.Errorf("master exited with %v when every child failed fatally, want status 1", s.cmd.ProcessState)
 	}
 	lines := s.log.snapshot()
-	if prLine(lines, "every child failed fatally") < 0 {
+	if lineIndex(lines, "every child failed fatally") < 0 {
 		t.Errorf("the master did not say that every child failed fatally; log:\n%s", strings.Join(lines, "\n"))
 	}
 	if n := len(parseKids(lines, reSpawned)); n != 2 {
@@ -572,8 +462,8 @@ func TestReloadRefusesListenAndMode(t *testing.T) {
 		{"listen", "listen = 127.0.0.2:0\nworkers = 1\n"},
 		{"mode", "listen = 127.0.0.1:0\nmode = reuseport\nworkers = 1\n"},
 	} {
-		sigRewrite(t, conf, tc.conf)
-		s.sigSignal(syscall.SIGHUP)
+		rewrite(t, conf, tc.conf)
+		s.signal(syscall.SIGHUP)
 		var line string
 		if !s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
 			n := 0
@@ -596,8 +486,7 @@ func TestReloadRefusesListenAndMode(t *testing.T) {
 		if got := s.children(); !slices.Equal(got, kids) {
 			t.Errorf("children after a refused %s change %v, want the same %v", tc.what, got, kids)
 		}
-		own := func(l sockets) bool { return l.total == 1 && l.byPid[s.pid] == 1 }
-		if l := pollOwners(t, own, s.port, tcpListen, nil, s.pid); !own(l) {
+		if l, ok := s.listensAlone(t); !ok {
 			t.Errorf("after a refused %s change, listening sockets on port %d: %+v, want the master's alone", tc.what, s.port, l)
 		}
 		if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
@@ -605,18 +494,18 @@ func TestReloadRefusesListenAndMode(t *testing.T) {
 		}
 	}
 	for _, l := range s.log.snapshot() {
-		if reSigReloadBegun.MatchString(l) {
+		if reReloadBegun.MatchString(l) {
 			t.Errorf("a refused reload began a generation: %s", l)
 		}
 	}
 
 	// The same file with only the workers changed: a reload.
-	sigRewrite(t, conf, "listen = 127.0.0.1:0\nworkers = 2\n")
-	s.sigSignal(syscall.SIGHUP)
-	if !s.sigWaitGen(reSigReloadDone, 1, startTimeout) {
+	rewrite(t, conf, "listen = 127.0.0.1:0\nworkers = 2\n")
+	s.signal(syscall.SIGHUP)
+	if !s.waitGen(reReloadDone, 1, startTimeout) {
 		t.Fatalf("a reload with listen and mode unchanged was not done; log:\n%s", s.log)
 	}
-	if n := len(s.sigReady(1)); n != 2 {
+	if n := len(s.ready(1)); n != 2 {
 		t.Errorf("generation 1 has %d ready children, want 2", n)
 	}
 }
@@ -648,40 +537,7 @@ func TestUserRefusedInReuseport(t *testing.T) {
 // their fields as JSON values.
 func TestLogJSON(t *testing.T) {
 	t.Parallel()
-	cmd := exec.Command(binPath, "-listen=127.0.0.1:0", "-grace=3s", "-workers=2", "-log-json")
-	cmd.Env = serverEnv()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = w
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		t.Fatal(err)
-	}
-	w.Close()
-	s := &server{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogBuf(), exited: make(chan struct{}),
-		stderr: r, kids: map[int]procID{}}
-	go func() {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			var e struct {
-				Msg string `json:"msg"`
-				Pid int    `json:"pid"`
-			}
-			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Msg == "child spawned" {
-				s.track(e.Pid) // for the cleanup's check that none is left
-			}
-			s.log.add(sc.Text())
-		}
-	}()
-	go func() {
-		cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(s.stop)
+	s := startServer(t, "-workers=2", "-log-json")
 
 	type entry map[string]any
 	parse := func(lines []string) ([]entry, error) {
@@ -728,27 +584,23 @@ func TestLogJSON(t *testing.T) {
 	if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
 		t.Fatalf("master started: listen %q, want host:port with the port chosen", addr)
 	}
-	client := &http.Client{Timeout: ioTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Get("http://" + addr + "/")
-	if err != nil {
-		t.Fatalf("GET /: %v", err)
+	if addr != s.addr {
+		t.Errorf("master started: listen %q, want %q", addr, s.addr)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != helloBody {
-		t.Errorf("GET /: %d %q", resp.StatusCode, body)
+	if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+		t.Errorf("GET /: %+v", r)
 	}
 
 	// A reload and a stop, in JSON too.
-	s.sigSignal(syscall.SIGHUP)
+	s.signal(syscall.SIGHUP)
 	if !s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
 		entries, parseErr = parse(lines)
 		return parseErr != nil || count(entries, "reload done") == 1
 	}) || parseErr != nil {
 		t.Fatalf("no reload done in JSON lines (%v); log:\n%s", parseErr, s.log)
 	}
-	s.sigSignal(syscall.SIGTERM)
-	prWaitExit(t, s, stopTimeout, "SIGTERM")
+	s.signal(syscall.SIGTERM)
+	s.waitExit(stopTimeout, "SIGTERM")
 	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("master exited with %v after SIGTERM, want status 0", s.cmd.ProcessState)
 	}

@@ -21,19 +21,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/procpool/procpool/master"
 )
 
-// Shape and bounds of sigLoad.
+// Shape and bounds of loadGen.
 const (
-	sigLoadKeepAlive = 32               // goroutines sharing 32 keep-alive connections
-	sigLoadFresh     = 4                // goroutines opening a connection per request
-	sigLoadMaxTime   = 40 * time.Second // no load runs longer, whatever the test does
-	sigLoadMaxCount  = 200000           // requests per goroutine at most
+	loadKeepAlive = 32               // goroutines sharing 32 keep-alive connections
+	loadFresh     = 4                // goroutines opening a connection per request
+	loadMaxTime   = 40 * time.Second // no load runs longer, whatever the test does
+	loadMaxCount  = 200000           // requests per goroutine at most
 )
 
-// sigLoad is a bounded HTTP load on a server: GET / and POST /echo
+// loadGen is a bounded HTTP load on a server: GET / and POST /echo
 // alternately, every answer checked. The keep-alive client is net/http's,
 // which silently resends a replayable request when a reused connection
 // turns out to be closed by the server (RFC 9112 §9.3.1): a request the
@@ -43,7 +41,7 @@ const (
 // replayable too and they are counted the same way rather than failing.)
 // The fresh connections never retry: a connection refused or cut there is
 // a failure.
-type sigLoad struct {
+type loadGen struct {
 	stop    chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
@@ -57,24 +55,24 @@ type sigLoad struct {
 	fresh   *http.Transport
 }
 
-func sigStartLoad(t *testing.T, addr string) *sigLoad {
-	l := &sigLoad{stop: make(chan struct{})}
-	l.ka = &http.Transport{MaxIdleConnsPerHost: sigLoadKeepAlive, MaxConnsPerHost: sigLoadKeepAlive,
+func startLoad(t *testing.T, addr string) *loadGen {
+	l := &loadGen{stop: make(chan struct{})}
+	l.ka = &http.Transport{MaxIdleConnsPerHost: loadKeepAlive, MaxConnsPerHost: loadKeepAlive,
 		DisableCompression: true}
 	l.fresh = &http.Transport{DisableKeepAlives: true, DisableCompression: true}
 	ka := &http.Client{Transport: l.ka, Timeout: ioTimeout}
 	fresh := &http.Client{Transport: l.fresh, Timeout: ioTimeout}
 	url := "http://" + addr
-	until := time.Now().Add(sigLoadMaxTime)
-	for w := range sigLoadKeepAlive + sigLoadFresh {
+	until := time.Now().Add(loadMaxTime)
+	for w := range loadKeepAlive + loadFresh {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			c, isFresh := ka, w >= sigLoadKeepAlive
+			c, isFresh := ka, w >= loadKeepAlive
 			if isFresh {
 				c = fresh
 			}
-			for i := 0; i < sigLoadMaxCount && time.Now().Before(until); i++ {
+			for i := 0; i < loadMaxCount && time.Now().Before(until); i++ {
 				select {
 				case <-l.stop:
 					return
@@ -88,7 +86,7 @@ func sigStartLoad(t *testing.T, addr string) *sigLoad {
 	return l
 }
 
-func (l *sigLoad) request(c *http.Client, url string, w, i int, keepAlive bool) {
+func (l *loadGen) request(c *http.Client, url string, w, i int, keepAlive bool) {
 	var req *http.Request
 	want := helloBody
 	if i%2 == 0 {
@@ -129,13 +127,13 @@ func (l *sigLoad) request(c *http.Client, url string, w, i int, keepAlive bool) 
 	}
 }
 
-func (l *sigLoad) fail(format string, a ...any) {
+func (l *loadGen) fail(format string, a ...any) {
 	l.failed.Add(1)
 	l.note(format, a...)
 }
 
 // note keeps the first few failures for the report.
-func (l *sigLoad) note(format string, a ...any) {
+func (l *loadGen) note(format string, a ...any) {
 	l.mu.Lock()
 	if len(l.errs) < 10 {
 		l.errs = append(l.errs, fmt.Sprintf(format, a...))
@@ -144,7 +142,7 @@ func (l *sigLoad) note(format string, a ...any) {
 }
 
 // finish stops the load and waits for it; it may be called more than once.
-func (l *sigLoad) finish() {
+func (l *loadGen) finish() {
 	l.once.Do(func() {
 		close(l.stop)
 		l.wg.Wait()
@@ -155,14 +153,14 @@ func (l *sigLoad) finish() {
 
 // progress waits until n more requests than now have succeeded, for up to
 // timeout, and reports whether they did.
-func (l *sigLoad) progress(n int64, timeout time.Duration) bool {
+func (l *loadGen) progress(n int64, timeout time.Duration) bool {
 	base := l.ok.Load()
 	return pollFor(timeout, func() bool { return l.ok.Load() >= base+n })
 }
 
 // check stops the load and fails the test on any failed request and on
 // any request the server dropped, even one the client sent again.
-func (l *sigLoad) check(t *testing.T, what string) {
+func (l *loadGen) check(t *testing.T, what string) {
 	t.Helper()
 	l.finish()
 	ok, failed, refused, dropped := l.ok.Load(), l.failed.Load(), l.refused.Load(), l.retried.Load()
@@ -186,14 +184,14 @@ func TestReloadUnderLoad(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2")
 	s.waitReady(2)
-	load := sigStartLoad(t, s.addr)
+	load := startLoad(t, s.addr)
 	if !load.progress(200, 10*time.Second) {
 		t.Fatalf("load did not start: %d answered, %d failed", load.ok.Load(), load.failed.Load())
 	}
 	const reloads = 10
 	for gen := 1; gen <= reloads; gen++ {
-		s.sigSignal(syscall.SIGHUP)
-		if !s.sigWaitGen(reSigReloadDone, gen, startTimeout) {
+		s.signal(syscall.SIGHUP)
+		if !s.waitGen(reReloadDone, gen, startTimeout) {
 			t.Fatalf("reload %d not done within %v; log:\n%s", gen, startTimeout, s.log)
 		}
 		// Let the load go on across the old generation's drain before the
@@ -204,14 +202,14 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	load.check(t, fmt.Sprintf("%d reloads", reloads))
 
-	last := sortedPids(s.sigReady(reloads))
+	last := sortedPids(s.ready(reloads))
 	if len(last) != 2 {
 		t.Fatalf("generation %d has ready children %v, want 2", reloads, last)
 	}
-	if got, ok := s.sigWaitChildren(last, 10*time.Second); !ok {
+	if got, ok := s.waitChildren(last, 10*time.Second); !ok {
 		t.Errorf("master's children %v after %d reloads, want only the last generation's %v", got, reloads, last)
 	}
-	if left := s.sigTrackedAlive(last); len(left) > 0 {
+	if left := s.trackedAlive(last); len(left) > 0 {
 		t.Errorf("children of earlier generations still alive: %v", left)
 	}
 	if n := len(parseKids(s.log.snapshot(), reSpawned)); n != 2*(reloads+1) {
@@ -228,8 +226,8 @@ func TestReloadBadConfig(t *testing.T) {
 	s := startServer(t, "-config="+conf)
 	before := sortedPids(s.waitReady(2))
 
-	sigRewrite(t, conf, "# broken on purpose\nworkers = banana\n")
-	s.sigSignal(syscall.SIGHUP)
+	rewrite(t, conf, "# broken on purpose\nworkers = banana\n")
+	s.signal(syscall.SIGHUP)
 	var rejected string
 	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
 		for _, line := range lines {
@@ -255,81 +253,23 @@ func TestReloadBadConfig(t *testing.T) {
 		t.Errorf("children after the rejected reload %v, want the same %v", got, before)
 	}
 	for _, line := range s.log.snapshot() {
-		if reSigReloadBegun.MatchString(line) || reSpawned.MatchString(line) && !strings.Contains(line, "gen=0") {
+		if reReloadBegun.MatchString(line) || reSpawned.MatchString(line) && !strings.Contains(line, "gen=0") {
 			t.Errorf("a rejected reload started a generation: %s", line)
 		}
 	}
 
-	sigRewrite(t, conf, "workers = 3\n")
-	s.sigSignal(syscall.SIGHUP)
-	if !s.sigWaitGen(reSigReloadDone, 1, startTimeout) {
+	rewrite(t, conf, "workers = 3\n")
+	s.signal(syscall.SIGHUP)
+	if !s.waitGen(reReloadDone, 1, startTimeout) {
 		t.Fatalf("reload with the fixed config not done; log:\n%s", s.log)
 	}
-	after := s.sigReady(1)
+	after := s.ready(1)
 	if len(after) != 3 || after[0].slot != 0 || after[1].slot != 1 || after[2].slot != 2 {
 		t.Fatalf("generation 1 has ready children %v, want slots 0, 1 and 2", after)
 	}
 	want := sortedPids(after)
-	if got, ok := s.sigWaitChildren(want, startTimeout); !ok {
+	if got, ok := s.waitChildren(want, startTimeout); !ok {
 		t.Errorf("children after the reload %v, want the three new %v (old %v gone)", got, want, before)
-	}
-}
-
-// sigRewrite replaces a file's content in one step, as an editor would.
-func sigRewrite(t *testing.T, path, text string) {
-	t.Helper()
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// sigPidfilePid is the pid in the pidfile, held by a running master, or 0.
-func sigPidfilePid(path string) int {
-	pid, err := master.RunningPid(path)
-	if err != nil {
-		return 0
-	}
-	return pid
-}
-
-// sigStopAdopted stops a master that is not the test's child (one started by
-// an upgrade, or a daemon) by pid, with its children: SIGTERM, a bounded
-// wait, SIGKILL as a last resort with a failure.
-func sigStopAdopted(t *testing.T, id procID) {
-	t.Helper()
-	if !id.alive() {
-		return
-	}
-	kids, _ := childPids(id.pid)
-	var ids []procID
-	for _, pid := range kids {
-		if k, err := identify(pid); err == nil {
-			ids = append(ids, k)
-		}
-	}
-	syscall.Kill(id.pid, syscall.SIGTERM)
-	if !pollFor(stopTimeout, func() bool { return !id.alive() }) {
-		t.Errorf("master %d still alive %v after SIGTERM; killing it", id.pid, stopTimeout)
-		syscall.Kill(id.pid, syscall.SIGKILL)
-	}
-	if !pollFor(startTimeout, func() bool {
-		for _, k := range ids {
-			if k.alive() {
-				return false
-			}
-		}
-		return true
-	}) {
-		for _, k := range ids {
-			if k.alive() {
-				t.Errorf("child %d of master %d still alive after it stopped; killing it", k.pid, id.pid)
-				syscall.Kill(k.pid, syscall.SIGKILL)
-			}
-		}
 	}
 }
 
@@ -342,24 +282,15 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	pidfile := filepath.Join(t.TempDir(), "procpool.pid")
 	s := startServer(t, "-workers=2", "-pidfile="+pidfile)
 	old := sortedPids(s.waitReady(2))
-	if pid := sigPidfilePid(pidfile); pid != s.pid {
+	if pid := pidfilePid(pidfile); pid != s.pid {
 		t.Fatalf("pidfile holds %d, master is %d", pid, s.pid)
 	}
 	// The new master is not the test's child: stop it by pid before the
 	// server's cleanup checks that no process of it is left. Should the test
 	// fail before it learns that pid, the new master is found by the
 	// pidfile on its command line.
-	var adopted procID
-	t.Cleanup(func() {
-		sigStopAdopted(t, adopted)
-		for _, id := range sigProcsWith(pidfile) {
-			if id.pid != s.pid {
-				t.Errorf("master %d with pidfile %s still running at the end of the test; stopping it", id.pid, pidfile)
-				sigStopAdopted(t, id)
-			}
-		}
-	})
-	load := sigStartLoad(t, s.addr)
+	adopted := adoptedCleanup(t, s, pidfile)
+	load := startLoad(t, s.addr)
 	if !load.progress(200, 10*time.Second) {
 		t.Fatalf("load did not start: %d answered, %d failed", load.ok.Load(), load.failed.Load())
 	}
@@ -370,9 +301,9 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	newPid := 0
 	ok := pollFor(15*time.Second, func() bool {
 		if newPid == 0 {
-			if pid := sigPidfilePid(pidfile); pid != 0 && pid != s.pid {
+			if pid := pidfilePid(pidfile); pid != 0 && pid != s.pid {
 				if id, err := identify(pid); err == nil {
-					newPid, adopted = pid, id
+					newPid, *adopted = pid, id
 				}
 			}
 		}
@@ -380,7 +311,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	})
 	if !ok {
 		t.Fatalf("upgrade not complete in 15s: pidfile holds %d, old master exited: %v; log:\n%s",
-			sigPidfilePid(pidfile), s.hasExited(), s.log)
+			pidfilePid(pidfile), s.hasExited(), s.log)
 	}
 	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("old master exited with %v, want status 0", s.cmd.ProcessState)
@@ -425,43 +356,15 @@ func TestUpgradeFailed(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "procpool")
-	b, err := os.ReadFile(binPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	installBin(t, bin)
 	pidfile := filepath.Join(dir, "procpool.pid")
-	s := sigStartServer(t, bin, "-workers=2", "-pidfile="+pidfile)
+	s := startServerWith(t, useBin(bin), "-workers=2", "-pidfile="+pidfile)
 	kids := sortedPids(s.waitReady(2))
-	// A running binary cannot be written to; a new file is renamed over it.
-	script := filepath.Join(dir, "broken")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(script, bin); err != nil {
-		t.Fatal(err)
-	}
-
-	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
-		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
-	}
-	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
-		for _, line := range lines {
-			if strings.Contains(line, `msg="upgrade failed`) {
-				return true
-			}
-		}
-		return false
-	})
-	if !ok {
-		t.Fatalf("no failed upgrade logged; log:\n%s", s.log)
-	}
+	failUpgrade(t, s, bin, pidfile)
 	if s.hasExited() {
 		t.Fatalf("master exited after a failed upgrade: %v", s.cmd.ProcessState)
 	}
-	if pid := sigPidfilePid(pidfile); pid != s.pid {
+	if pid := pidfilePid(pidfile); pid != s.pid {
 		t.Errorf("pidfile holds %d after a failed upgrade, want the old master %d", pid, s.pid)
 	}
 	for i := range 4 {
@@ -473,8 +376,7 @@ func TestUpgradeFailed(t *testing.T) {
 		t.Errorf("children after the failed upgrade %v, want the same %v", got, kids)
 	}
 	// The listening socket is still the old master's alone.
-	one := func(l sockets) bool { return l.total == 1 && l.byPid[s.pid] == 1 }
-	if l := pollOwners(t, one, s.port, tcpListen, nil, s.pid); !one(l) {
+	if l, ok := s.listensAlone(t); !ok {
 		t.Errorf("listening sockets on port %d after the failed upgrade: %+v", s.port, l)
 	}
 }

@@ -64,16 +64,16 @@ func TestSchedBatch(t *testing.T) {
 	}
 	checkPolicies(t, "master", s.pid, schedOther)
 
-	sigRewrite(t, conf, "sched-batch = false\n")
-	s.sigSignal(syscall.SIGHUP)
-	if !s.sigWaitGen(reSigReloadDone, 1, startTimeout) {
+	rewrite(t, conf, "sched-batch = false\n")
+	s.signal(syscall.SIGHUP)
+	if !s.waitGen(reReloadDone, 1, startTimeout) {
 		t.Fatalf("reload not done; log:\n%s", s.log)
 	}
-	after := s.sigReady(1)
+	after := s.ready(1)
 	if len(after) != 2 {
 		t.Fatalf("generation 1 has ready children %v, want 2", after)
 	}
-	if _, ok := s.sigWaitChildren(sortedPids(after), 5*time.Second); !ok {
+	if _, ok := s.waitChildren(sortedPids(after), 5*time.Second); !ok {
 		t.Fatalf("old children still there after the reload")
 	}
 	for _, k := range after {

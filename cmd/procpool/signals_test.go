@@ -3,190 +3,17 @@ package main
 // Signals to the master, seen from outside: a graceful stop that finishes
 // a request whose body is still arriving, a killed child replaced at once,
 // a crash loop slowed down by backoff, and SIGTTIN/SIGTTOU.
-//
-// The helpers here carry the sig prefix: other files of this package are
-// written at the same time by others.
 
 import (
-	"bufio"
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
-
-var (
-	reSigReloadBegun = regexp.MustCompile(`msg="reload begun" gen=(\d+)`)
-	reSigReloadDone  = regexp.MustCompile(`msg="reload done" gen=(\d+)`)
-	reSigWorkers     = regexp.MustCompile(`msg="workers changed" workers=(\d+)`)
-)
-
-// sigStartServer is startServer for another binary than the one TestMain
-// built: it starts bin as a master on 127.0.0.1:0 and waits until it has
-// logged its address. The cleanup is the same (server.stop).
-func sigStartServer(t *testing.T, bin string, args ...string) *server {
-	t.Helper()
-	return sigStartServerEnv(t, bin, nil, args...)
-}
-
-// sigStartServerEnv is sigStartServer with env added to the master's
-// environment (which its children inherit).
-func sigStartServerEnv(t *testing.T, bin string, env []string, args ...string) *server {
-	t.Helper()
-	all := append([]string{"-listen=127.0.0.1:0", "-grace=3s"}, args...)
-	cmd := exec.Command(bin, all...)
-	cmd.Env = append(serverEnv(), env...)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = w
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		t.Fatal(err)
-	}
-	w.Close()
-	s := &server{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogBuf(), exited: make(chan struct{}),
-		stderr: r, kids: map[int]procID{}}
-	go s.readLog()
-	go func() {
-		cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(s.stop)
-
-	var m []string
-	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
-		for _, line := range lines {
-			if m = reStarted.FindStringSubmatch(line); m != nil {
-				return true
-			}
-		}
-		return false
-	})
-	if !ok {
-		t.Fatalf("master %s %v did not log its start within %v; log:\n%s", bin, all, startTimeout, s.log)
-	}
-	if pid, _ := strconv.Atoi(m[1]); pid != s.pid {
-		t.Fatalf("master logged pid %d, started pid %d", pid, s.pid)
-	}
-	s.addr = m[2]
-	_, port, err := net.SplitHostPort(s.addr)
-	if err != nil {
-		t.Fatalf("master logged listen=%q: %v", s.addr, err)
-	}
-	s.port, _ = strconv.Atoi(port)
-	return s
-}
-
-// sigSignal sends sig to the master.
-func (s *server) sigSignal(sig syscall.Signal) {
-	s.t.Helper()
-	if err := syscall.Kill(s.pid, sig); err != nil {
-		s.t.Fatalf("%v to master %d: %v", sig, s.pid, err)
-	}
-}
-
-// sigWaitGen waits until the master logs re with gen as its first field.
-func (s *server) sigWaitGen(re *regexp.Regexp, gen int, timeout time.Duration) bool {
-	want := strconv.Itoa(gen)
-	return s.log.waitFor(timeout, s.exited, func(lines []string) bool {
-		for _, line := range lines {
-			if m := re.FindStringSubmatch(line); m != nil && m[1] == want {
-				return true
-			}
-		}
-		return false
-	})
-}
-
-// sigReady are the children of generation gen that reported ready, in
-// slot order.
-func (s *server) sigReady(gen int) []kidInfo {
-	var kids []kidInfo
-	for _, k := range parseKids(s.log.snapshot(), reReady) {
-		if k.gen == gen {
-			kids = append(kids, k)
-		}
-	}
-	sortKids(kids)
-	return kids
-}
-
-// sigWaitChildren polls until the master's children, from /proc, are
-// exactly want (sorted), and returns the last list it saw.
-func (s *server) sigWaitChildren(want []int, timeout time.Duration) ([]int, bool) {
-	var got []int
-	ok := pollFor(timeout, func() bool {
-		got = s.children()
-		return slices.Equal(got, want)
-	})
-	return got, ok
-}
-
-// sigTrackedAlive are the children this server ever had, other than keep,
-// that are still alive.
-func (s *server) sigTrackedAlive(keep []int) []int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var l []int
-	for pid, id := range s.kids {
-		if !slices.Contains(keep, pid) && id.alive() {
-			l = append(l, pid)
-		}
-	}
-	slices.Sort(l)
-	return l
-}
-
-// sigServerSocket finds in /proc/net/tcp the server's end of the
-// connection from client port peer to local port port: its inode, and how
-// many received bytes wait in it unread.
-func sigServerSocket(port, peer int) (inode uint64, rxQueue int, found bool, err error) {
-	f, err := os.Open("/proc/net/tcp")
-	if err != nil {
-		return 0, 0, false, err
-	}
-	defer f.Close()
-	portOf := func(addr string) int {
-		_, p, _ := strings.Cut(addr, ":")
-		n, _ := strconv.ParseUint(p, 16, 16)
-		return int(n)
-	}
-	hex := fmt.Sprintf(":%04X ", port)
-	sc := bufio.NewScanner(bufio.NewReaderSize(f, 256<<10))
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.Contains(line, hex) {
-			continue
-		}
-		fl := strings.Fields(line)
-		if len(fl) < 10 || portOf(fl[1]) != port || portOf(fl[2]) != peer {
-			continue
-		}
-		_, rx, _ := strings.Cut(fl[4], ":")
-		n, _ := strconv.ParseUint(rx, 16, 32)
-		ino, _ := strconv.ParseUint(fl[9], 10, 64)
-		if ino == 0 {
-			continue
-		}
-		return ino, int(n), true, nil
-	}
-	return 0, 0, false, sc.Err()
-}
 
 // TestGracefulStopHalfBody sends SIGTERM while a request body is half sent
 // and another connection sits idle: the listener closes at once (a new
@@ -198,61 +25,23 @@ func TestGracefulStopHalfBody(t *testing.T) {
 	s := startServer(t, "-workers=2", "-grace=8s")
 	kids := s.waitReady(2)
 	pids := kidPids(kids)
-	var ids []procID
-	for _, pid := range pids {
-		id, err := identify(pid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
+	ids := identifyAll(t, pids)
 
-	// An idle keep-alive connection, after one request.
-	idle := s.dial(t)
-	if r, err := idle.roundTrip("GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil || r.status != 200 || r.close {
-		t.Fatalf("keep-alive request: %+v, %v", r, err)
-	}
-	// The half-sent request: headers and 5 of 10 bytes of body.
-	half := s.dial(t)
-	if _, err := io.WriteString(half, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello"); err != nil {
-		t.Fatal(err)
-	}
-	// Wait until a child holds the connection and has read all of it.
-	peer := half.LocalAddr().(*net.TCPAddr).Port
-	holder := 0
-	read := pollFor(startTimeout, func() bool {
-		ino, rx, found, err := sigServerSocket(s.port, peer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !found || rx != 0 {
-			return false
-		}
-		for _, pid := range pids {
-			if inodes, err := socketInodes(pid); err == nil && inodes[ino] {
-				holder = pid
-				return true
-			}
-		}
-		return false
-	})
-	if !read {
-		t.Fatalf("no child holds the half-sent request with nothing left unread; children %v", pids)
-	}
+	// An idle keep-alive connection, after one request, and one whose
+	// request has half its body; a child holds it and has read all of it.
+	idle, half := s.idleAndHalf(t)
+	holder := s.waitHolder(t, half, pids)
 
-	s.sigSignal(syscall.SIGTERM)
+	s.signal(syscall.SIGTERM)
 	signalled := time.Now()
 
 	// The listener closes: nothing listens on the port any more, and a new
 	// connection is refused.
-	none := func(l sockets) bool { return l.total == 0 }
-	if l := pollOwners(t, none, s.port, tcpListen, nil); !none(l) {
-		t.Fatalf("%d sockets still listen on port %d after SIGTERM", l.total, s.port)
-	}
+	s.waitNoListener(t, "SIGTERM")
 	if c, err := net.DialTimeout("tcp", s.addr, ioTimeout); err == nil {
 		c.Close()
 		t.Errorf("a new connection after SIGTERM was accepted")
-	} else if !sigRefusedOrReset(err) {
+	} else if !refusedOrReset(err) {
 		t.Errorf("a new connection after SIGTERM: %v, want refused", err)
 	}
 
@@ -283,29 +72,13 @@ func TestGracefulStopHalfBody(t *testing.T) {
 		t.Errorf("connection after the last response of the drain: %v", err)
 	}
 
-	select {
-	case <-s.exited:
-	case <-time.After(stopTimeout):
-		t.Fatalf("master still running %v after its last request finished", stopTimeout)
-	}
+	s.waitExit(stopTimeout, "its last request finished")
 	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("master exited with %v after SIGTERM, want status 0", s.cmd.ProcessState)
 	}
-	gone := pollFor(startTimeout, func() bool {
-		for _, id := range ids {
-			if id.alive() {
-				return false
-			}
-		}
-		return true
-	})
-	if !gone {
+	if !waitGone(ids, startTimeout) {
 		t.Errorf("children still alive after the master exited")
 	}
-}
-
-func sigRefusedOrReset(err error) bool {
-	return err != nil && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET))
 }
 
 // TestKilledChildReplaced kills a ready child with SIGKILL: the master
@@ -351,7 +124,7 @@ func TestKilledChildReplaced(t *testing.T) {
 	}
 	want := []int{kids[1].pid, replacement.pid}
 	slices.Sort(want)
-	if got, ok := s.sigWaitChildren(want, startTimeout); !ok {
+	if got, ok := s.waitChildren(want, startTimeout); !ok {
 		t.Errorf("children after the respawn %v, want %v", got, want)
 	}
 	if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
@@ -359,71 +132,35 @@ func TestKilledChildReplaced(t *testing.T) {
 	}
 }
 
-// sigCrash is the binary with crashhook.go, whose children exit as soon as
-// they start; built once per test binary.
-var sigCrash struct {
-	sync.Mutex
-	bin string
-}
-
-func sigCrashBin(t *testing.T) string {
-	t.Helper()
-	sigCrash.Lock()
-	defer sigCrash.Unlock()
-	if sigCrash.bin != "" {
-		return sigCrash.bin
-	}
-	bin := filepath.Join(filepath.Dir(binPath), "procpool-crash")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(ctx, goTool(), "build", "-tags", "procpool_crashtest", "-o", bin, ".")
-	out, err := build.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build -tags procpool_crashtest: %v\n%s", err, out)
-	}
-	sigCrash.bin = bin
-	return bin
-}
-
-// sigSpawnTimes are the times, from the master's log, at which it spawned
+// spawnTimes are the times, from the master's log, at which it spawned
 // a child for slot.
-func sigSpawnTimes(t *testing.T, lines []string, slot int) []time.Time {
+func spawnTimes(t *testing.T, lines []string, slot int) []time.Time {
 	t.Helper()
 	var times []time.Time
 	for _, line := range lines {
-		m := reSpawned.FindStringSubmatch(line)
-		if m == nil || m[2] != strconv.Itoa(slot) {
-			continue
+		if m := reSpawned.FindStringSubmatch(line); m != nil && m[2] == strconv.Itoa(slot) {
+			times = append(times, lineTime(t, line))
 		}
-		tm := reLogTime.FindStringSubmatch(line)
-		if tm == nil {
-			t.Fatalf("log line %q has no time", line)
-		}
-		ts, err := time.Parse(time.RFC3339Nano, tm[1])
-		if err != nil {
-			t.Fatalf("log line %q: time: %v", line, err)
-		}
-		times = append(times, ts)
 	}
 	return times
 }
 
-// sigBackoffSpawns is how many spawns of a crashing slot the backoff tests
+// backoffSpawns is how many spawns of a crashing slot the backoff tests
 // look at: five gaps, whose backoff is 100, 200, 400, 800 and 1600 ms.
-const sigBackoffSpawns = 6
+const backoffSpawns = 6
 
-// sigCheckBackoff checks the gaps between the spawns of a slot whose
+// checkBackoff checks the gaps between the spawns of a slot whose
 // children all died soon after they started: exponential backoff from
 // 100 ms, doubling (README, SIGCHLD). Each gap holds at least the backoff of
 // its turn, however fast the children died, so a gap never falls below
 // 100, 200, 400 ... ms; and the gaps grow.
-func sigCheckBackoff(t *testing.T, spawns []time.Time, log fmt.Stringer) {
+func checkBackoff(t *testing.T, spawns []time.Time, log fmt.Stringer) {
 	t.Helper()
-	if len(spawns) < sigBackoffSpawns {
-		t.Fatalf("%d spawns, want %d; log:\n%s", len(spawns), sigBackoffSpawns, log)
+	if len(spawns) < backoffSpawns {
+		t.Fatalf("%d spawns, want %d; log:\n%s", len(spawns), backoffSpawns, log)
 	}
 	var gaps []time.Duration
-	for i := 1; i < sigBackoffSpawns; i++ {
+	for i := 1; i < backoffSpawns; i++ {
 		gaps = append(gaps, spawns[i].Sub(spawns[i-1]))
 	}
 	t.Logf("gaps between spawns: %v", gaps)
@@ -449,16 +186,16 @@ func TestCrashLoopBackoff(t *testing.T) {
 	t.Parallel()
 	t.Run("before ready", func(t *testing.T) {
 		t.Parallel()
-		s := sigStartServer(t, sigCrashBin(t), "-workers=1")
+		s := crashServer(t, 1, "", "-workers=1")
 		var spawns []time.Time
 		s.log.waitFor(30*time.Second, s.exited, func(lines []string) bool {
-			return len(parseKids(lines, reSpawned)) >= sigBackoffSpawns
+			return len(parseKids(lines, reSpawned)) >= backoffSpawns
 		})
 		if s.hasExited() {
 			t.Fatalf("master exited in the crash loop: %v; log:\n%s", s.cmd.ProcessState, s.log)
 		}
 		lines := s.log.snapshot()
-		spawns = sigSpawnTimes(t, lines, 0)
+		spawns = spawnTimes(t, lines, 0)
 		died := 0
 		for _, line := range lines {
 			if strings.Contains(line, `msg="child died unexpectedly"`) {
@@ -471,7 +208,7 @@ func TestCrashLoopBackoff(t *testing.T) {
 		if died < len(spawns)-1 {
 			t.Errorf("%d unexpected deaths logged for %d spawns", died, len(spawns))
 		}
-		sigCheckBackoff(t, spawns, s.log)
+		checkBackoff(t, spawns, s.log)
 	})
 	t.Run("after ready", func(t *testing.T) {
 		t.Parallel()
@@ -482,9 +219,9 @@ func TestCrashLoopBackoff(t *testing.T) {
 		// deaths the test looks at.
 		killed := map[int]bool{}
 		var run []int // children killed within 2 s of their spawn, in a row
-		for len(run) < sigBackoffSpawns-1 {
+		for len(run) < backoffSpawns-1 {
 			if len(killed) == 30 {
-				t.Fatalf("30 children killed, no %d of them in a row within 2 s of their spawn; log:\n%s", sigBackoffSpawns-1, s.log)
+				t.Fatalf("30 children killed, no %d of them in a row within 2 s of their spawn; log:\n%s", backoffSpawns-1, s.log)
 			}
 			var kid kidInfo
 			if !s.log.waitFor(30*time.Second, s.exited, func(lines []string) bool {
@@ -505,12 +242,12 @@ func TestCrashLoopBackoff(t *testing.T) {
 			pid := fmt.Sprintf(" pid=%d ", kid.pid)
 			var died time.Time
 			if !s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
-				died = sigLineTime(t, lines, `msg="child died unexpectedly"`, pid)
+				died = firstTime(t, lines, `msg="child died unexpectedly"`, pid)
 				return !died.IsZero()
 			}) {
 				t.Fatalf("no unexpected death of child %d logged; log:\n%s", kid.pid, s.log)
 			}
-			lived := died.Sub(sigLineTime(t, s.log.snapshot(), `msg="child spawned"`, pid))
+			lived := died.Sub(firstTime(t, s.log.snapshot(), `msg="child spawned"`, pid))
 			if lived >= 2*time.Second-50*time.Millisecond {
 				t.Logf("child %d lived %v before its kill: not a quick death; the backoff starts over", kid.pid, lived)
 				run = run[:0]
@@ -523,7 +260,7 @@ func TestCrashLoopBackoff(t *testing.T) {
 		if !s.log.waitFor(30*time.Second, s.exited, func(lines []string) bool {
 			for _, k := range parseKids(lines, reSpawned) {
 				if k.slot == 0 && !killed[k.pid] {
-					next = sigLineTime(t, lines, `msg="child spawned"`, fmt.Sprintf(" pid=%d ", k.pid))
+					next = firstTime(t, lines, `msg="child spawned"`, fmt.Sprintf(" pid=%d ", k.pid))
 					return true
 				}
 			}
@@ -537,29 +274,10 @@ func TestCrashLoopBackoff(t *testing.T) {
 		var spawns []time.Time
 		lines := s.log.snapshot()
 		for _, pid := range run {
-			spawns = append(spawns, sigLineTime(t, lines, `msg="child spawned"`, fmt.Sprintf(" pid=%d ", pid)))
+			spawns = append(spawns, firstTime(t, lines, `msg="child spawned"`, fmt.Sprintf(" pid=%d ", pid)))
 		}
-		sigCheckBackoff(t, append(spawns, next), s.log)
+		checkBackoff(t, append(spawns, next), s.log)
 	})
-}
-
-// sigLineTime is the time of the first log line that contains every one of
-// parts; zero if there is none.
-func sigLineTime(t *testing.T, lines []string, parts ...string) time.Time {
-	t.Helper()
-	i := prLine(lines, parts...)
-	if i < 0 {
-		return time.Time{}
-	}
-	m := reLogTime.FindStringSubmatch(lines[i])
-	if m == nil {
-		t.Fatalf("log line %q has no time", lines[i])
-	}
-	ts, err := time.Parse(time.RFC3339Nano, m[1])
-	if err != nil {
-		t.Fatalf("log line %q: time: %v", lines[i], err)
-	}
-	return ts
 }
 
 // TestTTINTTOU adds a child with SIGTTIN and removes one with each SIGTTOU.
@@ -569,7 +287,7 @@ func TestTTINTTOU(t *testing.T) {
 	kids := s.waitReady(2)
 	pids := sortedPids(kids)
 
-	s.sigSignal(syscall.SIGTTIN)
+	s.signal(syscall.SIGTTIN)
 	var added kidInfo
 	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
 		for _, k := range parseKids(lines, reReady) {
@@ -585,20 +303,20 @@ func TestTTINTTOU(t *testing.T) {
 	}
 	three := append(slices.Clone(pids), added.pid)
 	slices.Sort(three)
-	if got, ok := s.sigWaitChildren(three, startTimeout); !ok {
+	if got, ok := s.waitChildren(three, startTimeout); !ok {
 		t.Fatalf("children after SIGTTIN %v, want %v", got, three)
 	}
 	if r := s.get(t, "/"); r.status != 200 {
 		t.Errorf("request with 3 children: %+v", r)
 	}
 
-	s.sigSignal(syscall.SIGTTOU)
-	if got, ok := s.sigWaitChildren(pids, startTimeout); !ok {
+	s.signal(syscall.SIGTTOU)
+	if got, ok := s.waitChildren(pids, startTimeout); !ok {
 		t.Fatalf("children after SIGTTOU %v, want %v (the slot 2 child %d retired)", got, pids, added.pid)
 	}
-	s.sigSignal(syscall.SIGTTOU)
+	s.signal(syscall.SIGTTOU)
 	one := []int{kids[0].pid} // slot 1 goes
-	if got, ok := s.sigWaitChildren(one, startTimeout); !ok {
+	if got, ok := s.waitChildren(one, startTimeout); !ok {
 		t.Fatalf("children after a second SIGTTOU %v, want %v", got, one)
 	}
 	for i := range 4 {
@@ -608,7 +326,7 @@ func TestTTINTTOU(t *testing.T) {
 	}
 	var counts []string
 	for _, line := range s.log.snapshot() {
-		if m := reSigWorkers.FindStringSubmatch(line); m != nil {
+		if m := reWorkers.FindStringSubmatch(line); m != nil {
 			counts = append(counts, m[1])
 		}
 	}

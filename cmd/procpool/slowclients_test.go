@@ -17,9 +17,9 @@ import (
 	"time"
 )
 
-// obsRaiseNofile lifts this test process's soft fd limit to its hard limit,
+// raiseNofile lifts this test process's soft fd limit to its hard limit,
 // and skips the test when even the hard limit is below need.
-func obsRaiseNofile(t *testing.T, need uint64) {
+func raiseNofile(t *testing.T, need uint64) {
 	t.Helper()
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
@@ -36,8 +36,8 @@ func obsRaiseNofile(t *testing.T, need uint64) {
 	}
 }
 
-// obsPercentile is the p-th percentile (0 < p <= 100) of sorted durations.
-func obsPercentile(sorted []time.Duration, p float64) time.Duration {
+// percentile is the p-th percentile (0 < p <= 100) of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}
@@ -45,10 +45,10 @@ func obsPercentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
-// obsLoad makes requests on conns, one goroutine per connection, paced by
+// keepAliveLoad makes requests on conns, one goroutine per connection, paced by
 // gap, until stop is closed or each connection has made limit requests. It
 // returns how many requests were answered and the first failure.
-func obsLoad(conns []*clientConn, stop <-chan struct{}, gap time.Duration, limit int) (int, error) {
+func keepAliveLoad(conns []*clientConn, stop <-chan struct{}, gap time.Duration, limit int) (int, error) {
 	var (
 		mu    sync.Mutex
 		total int
@@ -119,10 +119,10 @@ func TestSlowClients(t *testing.T) {
 		// once a second.
 		forgotten = headerTimeout + 15*time.Second
 	)
-	obsRaiseNofile(t, 4200)
+	raiseNofile(t, 4200)
 	s := startServer(t, "-workers=2", "-header-timeout="+headerTimeout.String(), "-admin=127.0.0.1:0")
 	s.waitReady(2)
-	admin := obsAdminAddr(t, s)
+	admin := adminAddr(t, s)
 
 	normal := make([]*clientConn, 4)
 	for i := range normal {
@@ -140,7 +140,7 @@ func TestSlowClients(t *testing.T) {
 	loadStop, loadDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(loadDone)
-		served, loadErr = obsLoad(normal, loadStop, gap, perConn)
+		served, loadErr = keepAliveLoad(normal, loadStop, gap, perConn)
 	}()
 	dialStart := time.Now()
 	var dialErr error
@@ -239,7 +239,7 @@ func TestSlowClients(t *testing.T) {
 	if len(after) > 0 {
 		t.Logf("%d slow connections dialed in %v; closed by the server %v to %v after their first byte (median %v); %d bytes sent at most",
 			len(conns), dialed.Round(time.Millisecond), after[0].Round(time.Millisecond), after[len(after)-1].Round(time.Millisecond),
-			obsPercentile(after, 50).Round(time.Millisecond), slices.MaxFunc(conns, func(a, b *slowConn) int { return a.sent - b.sent }).sent)
+			percentile(after, 50).Round(time.Millisecond), slices.MaxFunc(conns, func(a, b *slowConn) int { return a.sent - b.sent }).sent)
 	}
 	if early > 0 || notClosed > 0 {
 		t.Errorf("of %d slow connections, %d were closed before the header timeout of %v, %d not at all", len(conns), early, headerTimeout, notClosed)
@@ -250,9 +250,9 @@ func TestSlowClients(t *testing.T) {
 	t.Logf("normal clients: %d requests answered beside the slow clients", served)
 
 	// Every one of them counted as a timeout, and none is held any more.
-	var st obsStatus
+	var st statusDoc
 	if !pollFor(startTimeout, func() bool {
-		st = obsGetStatus(t, admin)
+		st = getStatus(t, admin)
 		tot := st.totals()
 		return tot.timeouts == uint64(len(conns)) && tot.open == uint64(len(normal))
 	}) {

@@ -41,12 +41,7 @@ func getMany(s *server, n int, path, want string) []error {
 }
 
 func getOnce(s *server, path, want string) error {
-	c, err := dialRaw(s.addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	r, err := c.roundTrip("GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+	r, err := fetch(s.addr, path)
 	switch {
 	case err != nil:
 		return err
@@ -76,7 +71,7 @@ func TestStoppedChildIsDealtAround(t *testing.T) {
 		t.Run(order, func(t *testing.T) {
 			t.Parallel()
 			s := startServer(t, "-workers=2", "-affinity=false", "-dispatch="+order, "-admin=127.0.0.1:0")
-			admin := obsAdminAddr(t, s)
+			admin := adminAddr(t, s)
 			kids := s.waitReady(2)
 			stopped := kids[0].pid
 			stopChild(t, stopped)
@@ -87,7 +82,7 @@ func TestStoppedChildIsDealtAround(t *testing.T) {
 					t.Fatalf("round %d: %d of 20 requests failed while a child was stopped: %v", round, n, err)
 				}
 			}
-			st := obsGetStatus(t, admin)
+			st := getStatus(t, admin)
 			for _, c := range st.Children {
 				if c.Pid == stopped && (!c.Stalled || c.TakenBack == 0) {
 					t.Errorf("stopped child in /status: stalled %v, taken back %d; want stalled and some taken back", c.Stalled, c.TakenBack)
@@ -108,7 +103,7 @@ func TestStoppedChildIsDealtAround(t *testing.T) {
 
 func acceptedBy(t *testing.T, admin string, pid int) uint64 {
 	t.Helper()
-	for _, c := range obsGetStatus(t, admin).Children {
+	for _, c := range getStatus(t, admin).Children {
 		if c.Pid == pid {
 			return c.Accepted
 		}
@@ -123,22 +118,32 @@ func acceptedBy(t *testing.T, admin string, pid int) uint64 {
 // reaches it; nothing is reset.
 func TestReloadTakesBackQueue(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, "-workers=2", "-affinity=false", "-stall=0")
-	kids := s.waitReady(2)
-	stopChild(t, kids[0].pid)
+	// Half of the requests go to the stopped child.
 	const n = 700
-	done := make(chan []error, 1)
-	go func() { done <- getMany(s, n, "/", "Hello World") }()
-	// Half of them go to the stopped child; wait until they are queued there.
-	if !pollFor(ioTimeout, func() bool { return queued(t, s) >= 50 }) {
-		t.Fatalf("connections did not queue for the stopped child")
-	}
+	s, victim, done := queueOnStopped(t, n, 50)
 	syscall.Kill(s.pid, syscall.SIGHUP)
 	waitLog(t, s, `msg="reload done"`)
-	syscall.Kill(kids[0].pid, syscall.SIGCONT)
+	syscall.Kill(victim, syscall.SIGCONT)
 	if bad, err := countErrs(<-done); bad > 0 {
 		t.Fatalf("%d of %d requests failed across a reload with a full channel: %v", bad, n, err)
 	}
+}
+
+// queueOnStopped starts two children with the stall rule off, stops the
+// first (victim), and makes n requests at once, whose errors come on done,
+// and waits until at least least of them are queued in the children's
+// channels.
+func queueOnStopped(t *testing.T, n, least int) (s *server, victim int, done <-chan []error) {
+	t.Helper()
+	s = startServer(t, "-workers=2", "-affinity=false", "-stall=0")
+	victim = s.waitReady(2)[0].pid
+	stopChild(t, victim)
+	ch := make(chan []error, 1)
+	go func() { ch <- getMany(s, n, "/", "Hello World") }()
+	if !pollFor(ioTimeout, func() bool { return queued(t, s) >= least }) {
+		t.Fatalf("connections did not queue for the stopped child")
+	}
+	return s, victim, ch
 }
 
 // queued is how many accepted connections wait in the children's channels:
@@ -150,34 +155,12 @@ func queued(t *testing.T, s *server) int {
 	return socketOwners(t, s.port, tcpEstablished, nil, pids...).unowned
 }
 
-func waitLog(t *testing.T, s *server, substr string) {
-	t.Helper()
-	if !s.log.waitFor(ioTimeout, s.exited, func(lines []string) bool {
-		for _, l := range lines {
-			if strings.Contains(l, substr) {
-				return true
-			}
-		}
-		return false
-	}) {
-		t.Fatalf("master did not log %s; log:\n%s", substr, s.log)
-	}
-}
-
 // A child sent SIGTERM by someone else tells the master, which deals it
 // nothing more and starts a replacement; what was already queued for it is
 // answered, not reset.
 func TestChildSIGTERMResetsNothing(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, "-workers=2", "-affinity=false", "-stall=0")
-	kids := s.waitReady(2)
-	victim := kids[0].pid
-	stopChild(t, victim)
-	done := make(chan []error, 1)
-	go func() { done <- getMany(s, 40, "/", "Hello World") }()
-	if !pollFor(ioTimeout, func() bool { return queued(t, s) >= 5 }) {
-		t.Fatalf("connections did not queue for the stopped child")
-	}
+	s, victim, done := queueOnStopped(t, 40, 5)
 	syscall.Kill(victim, syscall.SIGTERM) // pending until it runs
 	syscall.Kill(victim, syscall.SIGCONT)
 	if bad, err := countErrs(<-done); bad > 0 {
@@ -201,10 +184,10 @@ func TestBusyChildrenAreNotKilled(t *testing.T) {
 	t.Parallel()
 	bin := variantBin(t, "procpool_sleeptest")
 	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-watchdog=500ms", "-admin=127.0.0.1:0")
-	admin := obsAdminAddr(t, s)
+	admin := adminAddr(t, s)
 	kids := s.waitReady(2)
 	time.Sleep(1500 * time.Millisecond) // idle children sleep in epoll_wait for up to a second
-	for _, c := range obsGetStatus(t, admin).Children {
+	for _, c := range getStatus(t, admin).Children {
 		if c.Stalled || c.Backlog != 0 {
 			t.Errorf("idle child %d: stalled %v backlog %d", c.Pid, c.Stalled, c.Backlog)
 		}
@@ -260,13 +243,13 @@ func TestWatchdogKillsStuckChild(t *testing.T) {
 	t.Parallel()
 	bin := variantBin(t, "procpool_sleeptest")
 	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-watchdog=300ms", "-admin=127.0.0.1:0")
-	admin := obsAdminAddr(t, s)
+	admin := adminAddr(t, s)
 	s.waitReady(2)
 	stuck := make(chan error, 1)
 	go func() { stuck <- getOnce(s, "/sleep/30000", "slept\n") }()
 	var stuckPid int
 	if !pollFor(ioTimeout, func() bool {
-		for _, c := range obsGetStatus(t, admin).Children {
+		for _, c := range getStatus(t, admin).Children {
 			if c.Request != nil && c.Request.Path == "/sleep/30000" {
 				stuckPid = c.Pid
 				return true
@@ -291,14 +274,14 @@ func TestWatchdogKillsStuckChild(t *testing.T) {
 		t.Error("the stuck request was answered although its child was killed")
 	}
 	if !pollFor(ioTimeout, func() bool {
-		for _, c := range obsGetStatus(t, admin).Children {
+		for _, c := range getStatus(t, admin).Children {
 			if c.Slot == slotOf(s, stuckPid) && c.Pid != stuckPid && c.WatchdogKills == 1 && c.State == "ready" {
 				return true
 			}
 		}
 		return false
 	}) {
-		t.Fatalf("no ready replacement with watchdog_kills 1; status %+v", obsGetStatus(t, admin))
+		t.Fatalf("no ready replacement with watchdog_kills 1; status %+v", getStatus(t, admin))
 	}
 }
 
@@ -316,15 +299,7 @@ func slotOf(s *server, pid int) int {
 // stall rule off), then is killed.
 func TestDeadChildQueueRecovered(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, "-workers=2", "-affinity=false", "-stall=0")
-	kids := s.waitReady(2)
-	victim := kids[0].pid
-	stopChild(t, victim)
-	done := make(chan []error, 1)
-	go func() { done <- getMany(s, 40, "/", "Hello World") }()
-	if !pollFor(ioTimeout, func() bool { return queued(t, s) >= 10 }) {
-		t.Fatalf("connections did not queue for the stopped child")
-	}
+	s, victim, done := queueOnStopped(t, 40, 10)
 	syscall.Kill(victim, syscall.SIGKILL)
 	if bad, err := countErrs(<-done); bad > 0 {
 		t.Fatalf("%d of 40 requests queued to a child that was killed failed: %v", bad, err)

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,23 +14,23 @@ import (
 	"time"
 )
 
-// sdNotify stands in for systemd's notification socket: a unixgram socket
+// notifySocket stands in for systemd's notification socket: a unixgram socket
 // with SO_PASSCRED, so that every message comes with its sender's pid.
-type sdNotify struct {
+type notifySocket struct {
 	t    *testing.T
 	path string
 	conn *net.UnixConn
 }
 
-// sdMsg is one notification and the pid that sent it.
-type sdMsg struct {
+// notifyMsg is one notification and the pid that sent it.
+type notifyMsg struct {
 	pid  int
 	text string
 }
 
-func (m sdMsg) String() string { return fmt.Sprintf("%q from %d", m.text, m.pid) }
+func (m notifyMsg) String() string { return fmt.Sprintf("%q from %d", m.text, m.pid) }
 
-func newSdNotify(t *testing.T) *sdNotify {
+func newNotifySocket(t *testing.T) *notifySocket {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "notify")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
@@ -49,22 +48,22 @@ func newSdNotify(t *testing.T) *sdNotify {
 	}); err != nil || serr != nil {
 		t.Fatalf("SO_PASSCRED: %v %v", err, serr)
 	}
-	return &sdNotify{t: t, path: path, conn: conn}
+	return &notifySocket{t: t, path: path, conn: conn}
 }
 
 // read returns the next message, or ok false if none came within timeout.
-func (n *sdNotify) read(timeout time.Duration) (sdMsg, bool) {
+func (n *notifySocket) read(timeout time.Duration) (notifyMsg, bool) {
 	n.t.Helper()
 	buf, oob := make([]byte, 4096), make([]byte, 1024)
 	n.conn.SetReadDeadline(time.Now().Add(timeout))
 	nb, noob, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 	if err != nil {
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			return sdMsg{}, false
+			return notifyMsg{}, false
 		}
 		n.t.Fatalf("reading the notify socket: %v", err)
 	}
-	msg := sdMsg{text: string(buf[:nb])}
+	msg := notifyMsg{text: string(buf[:nb])}
 	cmsgs, err := syscall.ParseSocketControlMessage(oob[:noob])
 	if err == nil {
 		for _, c := range cmsgs {
@@ -77,7 +76,7 @@ func (n *sdNotify) read(timeout time.Duration) (sdMsg, bool) {
 }
 
 // expect reads the next message and fails unless it is want.
-func (n *sdNotify) expect(step string, want sdMsg) {
+func (n *notifySocket) expect(step string, want notifyMsg) {
 	n.t.Helper()
 	got, ok := n.read(ioTimeout)
 	if !ok {
@@ -89,7 +88,7 @@ func (n *sdNotify) expect(step string, want sdMsg) {
 }
 
 // quiet fails if a message arrives within d.
-func (n *sdNotify) quiet(step string, d time.Duration) {
+func (n *notifySocket) quiet(step string, d time.Duration) {
 	n.t.Helper()
 	if got, ok := n.read(d); ok {
 		n.t.Fatalf("%s: unexpected notification %v", step, got)
@@ -105,67 +104,28 @@ func TestSystemdNotify(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "procpool")
-	// The binary, linked rather than copied: a copy's write fd, inherited
-	// for a moment by a process another test forks, makes exec fail with
-	// ETXTBSY. A new name is renamed over the old, as an install does.
-	copyBin := func() {
-		t.Helper()
-		os.Remove(bin + ".new")
-		if err := os.Link(binPath, bin+".new"); err != nil {
-			t.Skipf("cannot link the binary into the test's directory: %v", err)
-		}
-		if err := os.Rename(bin+".new", bin); err != nil {
-			t.Fatal(err)
-		}
-	}
-	copyBin()
+	installBin(t, bin)
 	pidfile := filepath.Join(dir, "procpool.pid")
-	sd := newSdNotify(t)
-	s := startServerWith(t, func(cmd *exec.Cmd) {
-		cmd.Path, cmd.Args[0] = bin, bin
-		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+sd.path)
-	}, "-workers=1", "-pidfile="+pidfile)
+	sd := newNotifySocket(t)
+	s := startServerWith(t, useBin(bin, "NOTIFY_SOCKET="+sd.path), "-workers=1", "-pidfile="+pidfile)
 	// The new master of the upgrade is not the test's child: stop it, should
 	// the test fail, before the server's cleanup looks for leftovers.
-	var adopted procID
-	t.Cleanup(func() {
-		sigStopAdopted(t, adopted)
-		for _, id := range sigProcsWith(pidfile) {
-			if id.pid != s.pid {
-				t.Errorf("process %d with pidfile %s still running at the end of the test; stopping it", id.pid, pidfile)
-				sigStopAdopted(t, id)
-			}
-		}
-	})
+	adopted := adoptedCleanup(t, s, pidfile)
 	s.waitReady(1)
 	old := s.pid
-	sd.expect("start", sdMsg{old, "READY=1\nMAINPID=" + strconv.Itoa(old)})
+	sd.expect("start", notifyMsg{old, "READY=1\nMAINPID=" + strconv.Itoa(old)})
 
-	s.sigSignal(syscall.SIGHUP)
-	sd.expect("reload", sdMsg{old, "RELOADING=1"})
-	sd.expect("reload", sdMsg{old, "READY=1"})
+	s.signal(syscall.SIGHUP)
+	sd.expect("reload", notifyMsg{old, "RELOADING=1"})
+	sd.expect("reload", notifyMsg{old, "READY=1"})
 
 	// A failed upgrade: the binary on disk exits 1. Nothing is said.
-	script := filepath.Join(dir, "broken")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(script, bin); err != nil {
-		t.Fatal(err)
-	}
-	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
-		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
-	}
-	if !s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
-		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, `msg="upgrade failed`) })
-	}) {
-		t.Fatalf("no failed upgrade logged; log:\n%s", s.log)
-	}
+	failUpgrade(t, s, bin, pidfile)
 	sd.quiet("failed upgrade", 200*time.Millisecond)
 
 	// The upgrade: the new master says READY=1 with its pid, the old one
 	// MAINPID, and then the old one drains and exits in silence.
-	copyBin()
+	installBin(t, bin)
 	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
 		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
 	}
@@ -175,12 +135,12 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	newPid := first.pid
 	if id, err := identify(newPid); err == nil {
-		adopted = id
+		*adopted = id
 	}
 	if newPid == old || first.text != "READY=1\nMAINPID="+strconv.Itoa(newPid) {
 		t.Fatalf("upgrade: first notification %v, want READY=1 and MAINPID from a new master", first)
 	}
-	sd.expect("upgrade", sdMsg{old, "MAINPID=" + strconv.Itoa(newPid)})
+	sd.expect("upgrade", notifyMsg{old, "MAINPID=" + strconv.Itoa(newPid)})
 	select {
 	case <-s.exited:
 	case <-time.After(stopTimeout):
@@ -190,7 +150,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Errorf("old master exited with %v, want status 0", s.cmd.ProcessState)
 	}
 	sd.quiet("old master's exit", 200*time.Millisecond)
-	for _, pid := range mustChildren(t, newPid) {
+	for _, pid := range childrenOf(t, newPid) {
 		s.track(pid) // the server's cleanup checks they are gone
 	}
 
@@ -198,43 +158,53 @@ func TestSystemdNotify(t *testing.T) {
 	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", pidfile); code != 0 {
 		t.Fatalf("-s stop exited %d: %s", code, stderr)
 	}
-	sd.expect("stop", sdMsg{newPid, "STOPPING=1"})
+	sd.expect("stop", notifyMsg{newPid, "STOPPING=1"})
 	if adopted.alive() {
 		t.Errorf("new master %d still alive after -s stop returned", newPid)
 	}
 	sd.quiet("after the stop", 200*time.Millisecond)
 }
 
-func mustChildren(t *testing.T, pid int) []int {
+// listenerFile is a listening socket on 127.0.0.1, as systemd would pass
+// it, and its address; it is closed at the test's end.
+func listenerFile(t *testing.T) (*os.File, string) {
 	t.Helper()
-	pids, err := childPids(pid)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("children of %d: %v", pid, err)
+		t.Fatal(err)
 	}
-	return pids
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close() // the dup in f keeps the socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, ln.Addr().String()
+}
+
+// activated is a hook that starts the command with f as fd 3 and LISTEN_FDS
+// and LISTEN_PID set, as systemd's socket activation does. LISTEN_PID must be
+// the master's pid, known only after the fork: a shell that execs the binary
+// keeps its own pid, as systemd's child does.
+func activated(f *os.File) func(*exec.Cmd) {
+	return func(cmd *exec.Cmd) {
+		cmd.Args = append([]string{"/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, cmd.Path}, cmd.Args[1:]...)
+		cmd.Path = "/bin/sh"
+		cmd.ExtraFiles = []*os.File{f}
+	}
 }
 
 // TestSocketActivationReuseport: socket activation hands over a listening
 // socket, which reuseport mode cannot serve; the master says so and exits 2.
 func TestSocketActivationReuseport(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ln.(*net.TCPListener).File()
-	ln.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, binPath,
-		"-workers=1", "-mode=reuseport", "-listen=127.0.0.1:1")
+	f, _ := listenerFile(t)
+	cmd := exec.Command(binPath, "-workers=1", "-mode=reuseport", "-listen=127.0.0.1:1")
 	cmd.Env = serverEnv()
-	cmd.ExtraFiles = []*os.File{f}
+	activated(f)(cmd)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	err = cmd.Run()
+	err := cmd.Run()
 	const want = "procpool: socket activation works in fdpass mode only: in reuseport mode every child binds its own " +
 		"SO_REUSEPORT socket, and the listening socket systemd passes cannot be shared with them\n"
 	if code := cmd.ProcessState.ExitCode(); code != 2 || stderr.String() != want {
@@ -247,30 +217,14 @@ func TestSocketActivationReuseport(t *testing.T) {
 // the master must serve that socket instead of binding -listen.
 func TestSocketActivation(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ln.(*net.TCPListener).File()
-	ln.Close() // the dup in f keeps the socket
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	addr := ln.Addr().String()
-	// LISTEN_PID must be the master's pid, known only after the fork: a
-	// shell that execs the binary keeps its own pid, as systemd's child does.
-	s := startServerWith(t, func(cmd *exec.Cmd) {
-		cmd.Args = append([]string{"/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, binPath}, cmd.Args[1:]...)
-		cmd.Path = "/bin/sh"
-		cmd.ExtraFiles = []*os.File{f}
-	}, "-workers=1", "-listen=127.0.0.1:1") // port 1 would fail: the inherited socket must win
+	f, addr := listenerFile(t)
+	s := startServerWith(t, activated(f), "-workers=1", "-listen=127.0.0.1:1") // port 1 would fail: the inherited socket must win
 	s.waitReady(1)
 	if s.addr != addr {
 		t.Fatalf("master serves %s, want the activated socket %s", s.addr, addr)
 	}
-	if body := sdGet(t, addr); body != "Hello World" {
-		t.Fatalf("GET / on the activated socket: %q", body)
+	if r, err := fetch(addr, "/"); err != nil || r.body != helloBody {
+		t.Fatalf("GET / on the activated socket: %+v, %v", r, err)
 	}
 }
 
@@ -288,54 +242,15 @@ func TestUserSwitch(t *testing.T) {
 	s := startServer(t, "-workers=2", "-user=nobody")
 	s.waitReady(2)
 	for _, pid := range s.children() {
-		uid := sdStatusField(t, pid, "Uid:")
+		uid := statusField(t, pid, "Uid")
 		if uid[0] != u.Uid || uid[1] != u.Uid {
 			t.Errorf("child %d runs as uid %v, want %s", pid, uid, u.Uid)
 		}
 	}
-	if uid := sdStatusField(t, s.pid, "Uid:"); uid[0] != "0" {
+	if uid := statusField(t, s.pid, "Uid"); uid[0] != "0" {
 		t.Errorf("master runs as uid %s, want 0", uid[0])
 	}
-	if body := sdGet(t, s.addr); body != "Hello World" {
-		t.Fatalf("GET / through a child running as nobody: %q", body)
+	if r := s.get(t, "/"); r.body != helloBody {
+		t.Fatalf("GET / through a child running as nobody: %+v", r)
 	}
-}
-
-func sdStatusField(t *testing.T, pid int, field string) []string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field); ok {
-			return strings.Fields(rest)
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return nil
-}
-
-func sdGet(t *testing.T, addr string) string {
-	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, ioTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(ioTimeout))
-	if _, err := nc.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	var all []byte
-	buf := make([]byte, 4096)
-	for {
-		n, err := nc.Read(buf)
-		all = append(all, buf[:n]...)
-		if err != nil {
-			break
-		}
-	}
-	_, body, _ := strings.Cut(string(all), "\r\n\r\n")
-	return body
 }
