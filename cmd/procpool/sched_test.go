@@ -1,11 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,18 +21,15 @@ func threadPolicies(t *testing.T, pid int) map[int]int {
 	}
 	m := map[int]int{}
 	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
+		st, err := readStatFile(f)
+		if errors.Is(err, fs.ErrNotExist) {
 			continue // the thread exited
 		}
-		// Fields after the command, which may hold spaces, start at field 3.
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		p, err := strconv.Atoi(fields[41-3])
 		if err != nil {
-			t.Fatalf("%s: policy %q", f, fields[41-3])
+			t.Fatal(err)
 		}
 		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
-		m[tid] = p
+		m[tid] = st.policy
 	}
 	return m
 }
