@@ -49,11 +49,12 @@ func (l *loop) retireWait(wait int) int {
 // start of the next request read, so that another child can take it on.
 func (l *loop) handBackable(c *conn) bool {
 	return c.state == stReading && c.out == nil && !c.busy && !c.pending &&
-		c.need == 0 && !c.body.on && len(c.in) <= ipc.MaxData
+		c.need == 0 && !c.body.on && len(c.in)+c.carryLen() <= ipc.MaxData
 }
 
 // handBack takes c out of the poll set and queues it for the master.
 func (l *loop) handBack(c *conn) {
+	c.carryProxy() // its client, when a balancer's header named it (proxyproto.go)
 	if c.polled {
 		l.poller.Delete(c.fd) // the master and the next child hold the same file
 		c.polled = false

@@ -48,6 +48,7 @@ type loop struct {
 	sess     *session
 	pool     *pool // nil in inline mode
 	draining atomic.Bool
+	goaway   atomic.Bool // a stop is coming (CmdGoAway): every answer says Connection: close
 	sweepAt  int64
 	full     bool // MaxConns reached: the own listener is out of the poll set
 	// Out of fds (reuseport): the own listener is out of the poll set until
@@ -106,6 +107,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 		pid:    os.Getpid(),
 	}
 	l.sess = newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
+	l.sess.goaway = &l.goaway
 	l.sess.alog = newLogBuf(cfg.AccessLog)
 	// Signals come from the master's fallback path or from a terminal that
 	// signals the whole process group; the master decides the rest.
@@ -244,6 +246,8 @@ func (l *loop) onChannel() error {
 			return errStopped
 		case ipc.CmdReopen:
 			l.reopen()
+		case ipc.CmdGoAway:
+			l.goaway.Store(true)
 		case ipc.CmdPing:
 			// The master thinks we are stuck: say we are not. A full channel
 			// can be ignored, the master wakes for what fills it anyway.

@@ -44,6 +44,7 @@ func newPool(n int, h Handler, l *loop) (*pool, error) {
 	for i := 0; i < n; i++ {
 		s := newSession(h, l.cfg.Stats, &l.cfg.Limits, &l.cfg.Timeouts, &l.draining)
 		s.shared = true
+		s.goaway = &l.goaway
 		s.resp.quit = p.quit
 		s.alog = newLogBuf(l.cfg.AccessLog)
 		p.wg.Add(1)

@@ -34,6 +34,7 @@ type ProxyConfig struct {
 // Where a connection stands with its PROXY header.
 const (
 	pxNone   uint8 = iota // nothing is expected: HTTP from the first byte
+	pxTaken               // the balancer's header was read: HTTP follows
 	pxWant                // from a balancer: a header comes first
 	pxRefuse              // from anyone else: a header is refused
 )
@@ -122,7 +123,7 @@ func (s *session) takeProxy(c *conn, in []byte, own bool) (rest []byte, a action
 	if src.IsValid() {
 		c.peer, c.port = src.Addr(), src.Port()
 	}
-	c.proxy = pxNone
+	c.proxy = pxTaken
 	in = in[n:]
 	if len(in) == 0 {
 		if c.in != nil {
@@ -453,10 +454,36 @@ func parseProxyV2(b []byte, src *netip.AddrPort) int {
 	return total
 }
 
+// carryLen is how many bytes carryProxy puts in front of c.in.
+func (c *conn) carryLen() int {
+	if c.proxy != pxTaken {
+		return 0
+	}
+	if c.peer.Is4() {
+		return 16 + 12
+	}
+	return 16 + 36
+}
+
+// carryProxy puts a PROXY v2 header in front of what c has read, when its
+// client came from a balancer's header: a connection handed back to the
+// master comes from the balancer's address, and the child it is dealt to
+// must be told the client again (handback.go).
+func (c *conn) carryProxy() {
+	if c.proxy != pxTaken {
+		return
+	}
+	b := AppendProxyV2(getBuf(c.carryLen()+len(c.in)), c.remote())
+	b = append(b, c.in...)
+	if c.in != nil {
+		putBuf(c.in)
+	}
+	c.in = b
+	c.proxy = pxWant // as the next child sees it
+}
+
 // AppendProxyV2 appends a PROXY v2 header that gives src as the client's
-// address (LOCAL when src is invalid). A connection passed on to another
-// child, whose address came from a header, can carry one in front of its
-// buffered bytes, so that the next child learns the same client.
+// address (LOCAL when src is invalid).
 func AppendProxyV2(b []byte, src netip.AddrPort) []byte {
 	b = append(b, proxyV2Sig...)
 	switch {

@@ -291,7 +291,7 @@ func TestProxySessionSplitPoints(t *testing.T) {
 			if !strings.HasSuffix(out, "\r\n\r\n"+want) {
 				t.Fatalf("%s: cut at %d: answer %q, want a body of %q", pc.name, k, out, want)
 			}
-			if c.in != nil || c.proxy != pxNone {
+			if c.in != nil || c.proxy != pxTaken {
 				t.Fatalf("%s: cut at %d: keeps %d bytes, proxy state %d", pc.name, k, len(c.in), c.proxy)
 			}
 		}
@@ -421,5 +421,35 @@ func TestProxyThroughChild(t *testing.T) {
 	if !bytes.HasPrefix(log, []byte("198.51.100.4 - - ")) || !bytes.Contains(log, []byte("\n127.0.0.3 - - ")) ||
 		bytes.Contains(log, []byte("198.51.100.5")) {
 		t.Errorf("access log:\n%s", log)
+	}
+}
+
+// A connection handed back to the master carries its client in a header of
+// its own in front of the bytes already read, which the next child takes as
+// it would the balancer's; one that never had a header carries nothing.
+func TestProxyCarried(t *testing.T) {
+	for _, pc := range proxyCases {
+		if !pc.ok {
+			continue
+		}
+		s, c, peer := proxySession(t, pxWant)
+		feed(t, s, c, peer, []byte(pc.raw+"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next"))
+		readAll(peer)
+		if len(c.in)+c.carryLen() > len("GET /next")+52 {
+			t.Fatalf("%s: carryLen %d", pc.name, c.carryLen())
+		}
+		want := c.remote()
+		c.carryProxy()
+		var src netip.AddrPort
+		n := parseProxy(c.in, &src)
+		if n <= 0 || src != want || string(c.in[n:]) != "GET /next" || c.proxy != pxWant {
+			t.Fatalf("%s: carried %q (%d, %v), state %d; want %v then GET /next", pc.name, c.in, n, src, c.proxy, want)
+		}
+	}
+	s, c, peer := proxySession(t, pxRefuse)
+	feed(t, s, c, peer, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next"))
+	c.carryProxy()
+	if string(c.in) != "GET /next" || c.carryLen() != 0 {
+		t.Fatalf("no header: carried %q", c.in)
 	}
 }

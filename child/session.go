@@ -19,6 +19,7 @@ type session struct {
 	lim      *Limits
 	to       *Timeouts
 	draining *atomic.Bool
+	goaway   *atomic.Bool
 	shared   bool // a pool worker's: others publish requests in the same cell
 	clk      clock
 	rbuf     []byte // every read lands here unless a partial request waits
@@ -83,7 +84,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		}
 		done += n
 		c.need, c.continued, c.reqStarted, c.scan = 0, false, 0, 0
-		if s.draining.Load() {
+		if s.draining.Load() || s.goaway != nil && s.goaway.Load() {
 			s.req.close = true
 		}
 		s.resp.reset()

@@ -41,6 +41,10 @@ const (
 	// were already read (Arg of them, after the header): a retired child
 	// hands it back, and the master deals it on.
 	CmdConn // either way: a connection with bytes already read from it
+	// CmdGoAway announces a stop to come (the master's -shutdown-delay):
+	// the child serves on, but every response says Connection: close, so
+	// that clients and balancers move to other servers by themselves.
+	CmdGoAway // master → child: answer with Connection: close from now on
 	cmdLimit
 )
 
@@ -54,6 +58,7 @@ var cmdNames = [...]string{
 	CmdDraining: "draining",
 	CmdRetire:   "retire",
 	CmdConn:     "conn",
+	CmdGoAway:   "goaway",
 }
 
 func (c Cmd) String() string {

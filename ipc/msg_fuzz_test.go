@@ -19,7 +19,7 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add(raw(uint32(ipc.CmdFds), 1, 0, 0))
 	f.Add(raw(uint32(ipc.CmdFds), 1, 0, ipc.MaxFds+1))
 	f.Add(raw(0, 1, 0, 0))
-	f.Add(raw(uint32(ipc.CmdConn)+1, 1, 0, 0))
+	f.Add(raw(uint32(ipc.CmdGoAway)+1, 1, 0, 0))
 	f.Add(raw(^uint32(0), ^uint32(0), ^uint32(0), ^uint32(0)))
 	f.Add([]byte{})
 	f.Add(make([]byte, ipc.MsgSize-1))
@@ -36,7 +36,7 @@ func FuzzUnmarshal(f *testing.F) {
 		if len(b) != ipc.MsgSize {
 			t.Fatalf("Unmarshal accepted %d bytes", len(b))
 		}
-		if m.Cmd.String() == "" || m.Cmd == 0 || m.Cmd > ipc.CmdConn {
+		if m.Cmd.String() == "" || m.Cmd == 0 || m.Cmd > ipc.CmdGoAway {
 			t.Fatalf("Unmarshal accepted command %v", m.Cmd)
 		}
 		if m.Cmd == ipc.CmdFds && (m.Arg < 1 || m.Arg > ipc.MaxFds) {

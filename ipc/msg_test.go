@@ -9,7 +9,7 @@ import (
 )
 
 // allCmds are the commands a peer may send.
-var allCmds = []ipc.Cmd{ipc.CmdFds, ipc.CmdReady, ipc.CmdDrain, ipc.CmdStop, ipc.CmdReopen, ipc.CmdPing, ipc.CmdDraining, ipc.CmdRetire, ipc.CmdConn}
+var allCmds = []ipc.Cmd{ipc.CmdFds, ipc.CmdReady, ipc.CmdDrain, ipc.CmdStop, ipc.CmdReopen, ipc.CmdPing, ipc.CmdDraining, ipc.CmdRetire, ipc.CmdConn, ipc.CmdGoAway}
 
 func marshal(m ipc.Msg) []byte {
 	b := make([]byte, ipc.MsgSize)
@@ -63,7 +63,7 @@ func TestUnmarshalRejects(t *testing.T) {
 	reject("long", append(good, 0))
 	reject("double", append(good, good...))
 	reject("cmd 0", raw(0, 1, 0, 0))
-	reject("unknown cmd", raw(uint32(ipc.CmdConn)+1, 1, 0, 0))
+	reject("unknown cmd", raw(uint32(ipc.CmdGoAway)+1, 1, 0, 0))
 	reject("huge cmd", raw(^uint32(0), 1, 0, 0))
 	reject("fds without count", raw(uint32(ipc.CmdFds), 1, 0, 0))
 	reject("fds over MaxFds", raw(uint32(ipc.CmdFds), 1, 0, ipc.MaxFds+1))
@@ -82,7 +82,7 @@ func TestUnmarshalAcceptsFdCounts(t *testing.T) {
 func TestCmdString(t *testing.T) {
 	want := map[ipc.Cmd]string{
 		ipc.CmdFds: "fds", ipc.CmdReady: "ready", ipc.CmdDrain: "drain",
-		ipc.CmdStop: "stop", ipc.CmdReopen: "reopen", ipc.CmdPing: "ping", ipc.CmdDraining: "draining", ipc.CmdRetire: "retire", ipc.CmdConn: "conn", 0: "cmd(0)", 99: "cmd(99)",
+		ipc.CmdStop: "stop", ipc.CmdReopen: "reopen", ipc.CmdPing: "ping", ipc.CmdDraining: "draining", ipc.CmdRetire: "retire", ipc.CmdConn: "conn", ipc.CmdGoAway: "goaway", 0: "cmd(0)", 99: "cmd(99)",
 	}
 	for c, s := range want {
 		if c.String() != s {

@@ -111,6 +111,8 @@ func (m *Master) startAdmin(addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", a.serveStatus)
 	mux.HandleFunc("GET /metrics", a.serveMetrics)
+	mux.HandleFunc("GET /readyz", m.lb.serveReady) // ready.go
+	mux.HandleFunc("GET /healthz", serveHealth)
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: adminHeaderTimeout, ReadTimeout: adminReadTimeout,
 		WriteTimeout: adminWriteTimeout, IdleTimeout: adminIdleTimeout, MaxHeaderBytes: adminMaxHeader,
 		ErrorLog: log.New(io.Discard, "", 0)}

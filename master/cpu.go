@@ -2,10 +2,32 @@ package master
 
 import (
 	"os"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
+
+// startProcs is GOMAXPROCS as the runtime set it at start, before a loop's
+// SpareP may raise it: the CPU quota of the process's cgroup (Go 1.25 on),
+// or the GOMAXPROCS variable, within the CPUs of its affinity mask.
+var startProcs = runtime.GOMAXPROCS(0)
+
+// startCPUs is the affinity mask at start, taken before the master's loop
+// thread narrows its own to pin a child.
+var startCPUs = len(allowedCPUs())
+
+// DefaultWorkers is the number of children when none is asked for: as many
+// as the CPUs the process may use, which in a container is its CPU quota
+// (runtime.GOMAXPROCS) and under taskset or a cpuset its affinity mask,
+// rather than every CPU of the machine (runtime.NumCPU).
+func DefaultWorkers() int {
+	n := startProcs
+	if startCPUs > 0 {
+		n = min(n, startCPUs)
+	}
+	return max(n, 1)
+}
 
 // allowedCPUs lists the CPUs this process may run on, in order. Child i is
 // pinned to the i-th of them (mod their count), so pinning respects a

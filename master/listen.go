@@ -123,6 +123,8 @@ func LocalAddr(fd int) (string, error) {
 		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String(), nil
 	case *unix.SockaddrInet6:
 		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String(), nil
+	case *unix.SockaddrUnix:
+		return UnixPrefix + a.Name, nil
 	}
 	return "", fmt.Errorf("getsockname: unexpected address %T", sa)
 }

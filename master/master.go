@@ -50,6 +50,13 @@ type Config struct {
 	MaxConns   int           // most connections per child; 0: no limit
 	Admin      string        // address of the status listener (host:port or unix:/path); "" for none
 	Grace      time.Duration // how long a graceful stop waits for children (0: kill at once)
+	// ShutdownDelay: on SIGTERM or SIGQUIT the master reports not ready and
+	// serves on, with Connection: close, for this long before the graceful
+	// stop begins (ready.go).
+	ShutdownDelay time.Duration
+	// ListenMode is the file mode of a Unix-socket listener (Listen
+	// "unix:PATH", fdpass mode only); 0 means DefaultListenMode.
+	ListenMode os.FileMode
 	// Args are the arguments a child is started with (argv[0] is added): the
 	// effective settings, so a child never re-reads a config file that may
 	// have changed since.
@@ -144,6 +151,7 @@ type Master struct {
 
 	pending   ipc.Signals
 	stopping  stopKind
+	lb        lbState // readiness and the shutdown delay (ready.go)
 	deadline  time.Time
 	announce  bool // Ready not yet called
 	reloading bool // a reload waits for its generation to be ready
@@ -176,7 +184,7 @@ func start(cfg Config) (*Master, error) {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = runtime.NumCPU()
+		cfg.Workers = DefaultWorkers()
 	}
 	if cfg.Mode == "" {
 		cfg.Mode = ModeFdpass
@@ -209,6 +217,10 @@ func start(cfg Config) (*Master, error) {
 	switch {
 	case cfg.ListenFd > 0:
 		m.lfd, err = adopt(cfg.ListenFd, cfg.Mode, cfg.Backlog)
+	case UnixPath(cfg.Listen) != "" && cfg.Mode == ModeReuseport:
+		err = ErrUnixReuseport
+	case UnixPath(cfg.Listen) != "":
+		m.lfd, err = ListenUnix(UnixPath(cfg.Listen), cfg.ListenMode, cfg.Backlog)
 	case cfg.Mode == ModeReuseport:
 		m.lfd, err = Reserve(cfg.Listen)
 	default:
@@ -247,6 +259,7 @@ func (m *Master) loop() error {
 		m.dispatch()
 		m.handleSignals()
 		now := time.Now()
+		m.lbTurn(now)
 		if m.stopping != running {
 			if len(m.kids) == 0 {
 				m.log.Info("master stopped")
@@ -297,10 +310,13 @@ func (m *Master) handleSignals() {
 		m.stop(fast)
 	}
 	if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
-		m.stop(graceful)
+		m.stopAfterDelay()
 	}
 	if m.stopping != running {
 		return
+	}
+	if m.delaying() {
+		s = duringDelay(s)
 	}
 	if s.Has(unix.SIGHUP) {
 		m.reload()
@@ -337,6 +353,7 @@ func (m *Master) timeout() int {
 	if m.stopping != running {
 		consider(m.deadline)
 	}
+	consider(m.lbDue())
 	for i := range m.slots {
 		consider(m.slots[i].respawnAt)
 	}
@@ -363,7 +380,8 @@ func (m *Master) stop(kind stopKind) {
 	}
 	first := m.stopping == running
 	m.stopping = kind
-	if first {
+	m.lb.ready.Store(false)
+	if first && m.lb.until.IsZero() { // else the shutdown delay said it
 		notify("STOPPING=1")
 	}
 	m.closeListener()

@@ -46,7 +46,7 @@ func control(s *settings, stdout, stderr io.Writer) int {
 	case "stop", "quit":
 		// The master exits once its children have: by -grace, when it
 		// kills what is left, or a moment after.
-		limit := s.grace + stopMargin
+		limit := s.lb.shutdownDelay + s.grace + stopMargin
 		if !waitExit(pidfd, limit) {
 			fmt.Fprintf(stderr, "procpool: master %d still running %v after %s (give -s the master's -grace to wait longer)\n",
 				pid, limit, unix.SignalName(sig))

@@ -174,6 +174,7 @@ func (s *settings) masterConfig() (master.Config, error) {
 		},
 	}
 	cfg.AdminPublic = s.public
+	s.lb.apply(&cfg)
 	if fd := inheritedFd(); fd > 0 {
 		cfg.ListenFd = fd
 	} else if fd := master.ActivatedListener(); fd > 0 {
@@ -206,6 +207,7 @@ func runChild(s *settings, slot int) int {
 		MaxConns: s.maxConns,
 		Log:      log,
 	}
+	cfg.Proxy = s.lb.proxyConfig()
 	if s.access != "" {
 		// child.OpenAccessLog follows links; the check opens without.
 		if err := checkWritable(s.access, nil); err != nil {

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +49,7 @@ type settings struct {
 	recycleJitter shareFlag
 	stall         time.Duration
 	watchdog      time.Duration
+	lb            lbSettings // behind a load balancer (lbflags.go)
 
 	// args holds the command line as given, so that a reload can apply it
 	// again over a re-read config file: the command line always wins.
@@ -73,7 +73,7 @@ func (e *usageError) Error() string { return e.msg }
 func newFlagSet(s *settings) *flag.FlagSet {
 	fs := flag.NewFlagSet("procpool", flag.ContinueOnError)
 	fs.StringVar(&s.listen, "listen", "127.0.0.1:8080", "`address` to serve")
-	fs.IntVar(&s.workers, "workers", runtime.NumCPU(), "number of child processes")
+	fs.IntVar(&s.workers, "workers", master.DefaultWorkers(), "number of child processes: by default one per CPU the process may use (its CPU quota and affinity mask)")
 	fs.StringVar(&s.mode, "mode", master.ModeFdpass, "how connections reach children: fdpass or reuseport")
 	fs.BoolVar(&s.affinity, "affinity", true, "pin child i to CPU i mod the number of CPUs")
 	fs.BoolVar(&s.batch, "sched-batch", false, "run children under SCHED_BATCH: a woken child does not preempt the task on its CPU (more throughput, longer tail latency where CPUs are shared)")
@@ -107,6 +107,7 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	s.recycleJitter = master.DefaultRecycleJitter
 	fs.Var(&s.maxRSS, "max-rss", "recycle a child whose resident memory reaches this `size` (512M, 1G; 0: never)")
 	fs.Var(&s.recycleJitter, "recycle-jitter", "lower each child's recycling limits by up to this `share` (10%), so children do not recycle together")
+	s.lb.register(fs)
 	fs.StringVar(&s.signal, "s", "", "act on the running master found through -pidfile: stop, quit (wait until it has exited, up to -grace plus 5s), reload (wait for its verdict), reopen, upgrade; status (the table, read from -admin)")
 	return fs
 }
@@ -164,7 +165,7 @@ const hint = " (procpool -h lists the flags)"
 // config file broken elsewhere still lets -s stop a master.
 func (s *settings) controlSettings(set map[string]bool, lines map[string]int) error {
 	if s.config != "" {
-		only := map[string]bool{"pidfile": true, "grace": true, "admin": true}
+		only := map[string]bool{"pidfile": true, "grace": true, "admin": true, "shutdown-delay": true}
 		if err := applyConfig(s.fs, s.config, set, lines, only); err != nil {
 			return err
 		}
@@ -348,7 +349,10 @@ func (s *settings) validate() error {
 	case s.timeouts.Linger <= 0:
 		return bad("linger-timeout", "-linger-timeout: must be positive, got %v", s.timeouts.Linger)
 	}
-	if _, _, err := splitAddr(s.listen); err != nil {
+	if err := s.lb.validate(s.listen, s.mode); err != nil {
+		return err
+	}
+	if _, _, err := splitAddr(s.listen); err != nil && master.UnixPath(s.listen) == "" {
 		return bad("listen", "-listen: %v", err)
 	}
 	if s.user != "" && s.mode == master.ModeReuseport {
