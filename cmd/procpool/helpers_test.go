@@ -433,6 +433,16 @@ func installBin(t *testing.T, path string) {
 	}
 }
 
+// installed is the binary installed in a directory of its own, for a test
+// that replaces it, and a pidfile beside it.
+func installed(t *testing.T) (bin, pidfile string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin = filepath.Join(dir, "procpool")
+	installBin(t, bin)
+	return bin, filepath.Join(dir, "procpool.pid")
+}
+
 // failUpgrade replaces the binary at bin, which s was started from, with a
 // script that exits 1, asks for an upgrade through pidfile and waits until
 // the master says it failed.

@@ -354,10 +354,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 // on serving with the same children, and the pidfile still names it.
 func TestUpgradeFailed(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "procpool")
-	installBin(t, bin)
-	pidfile := filepath.Join(dir, "procpool.pid")
+	bin, pidfile := installed(t)
 	s := startServerWith(t, useBin(bin), "-workers=2", "-pidfile="+pidfile)
 	kids := sortedPids(s.waitReady(2))
 	failUpgrade(t, s, bin, pidfile)

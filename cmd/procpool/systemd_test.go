@@ -102,10 +102,7 @@ func (n *notifySocket) quiet(step string, d time.Duration) {
 // nothing: a STOPPING=1 from it would stop the unit.
 func TestSystemdNotify(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "procpool")
-	installBin(t, bin)
-	pidfile := filepath.Join(dir, "procpool.pid")
+	bin, pidfile := installed(t)
 	sd := newNotifySocket(t)
 	s := startServerWith(t, useBin(bin, "NOTIFY_SOCKET="+sd.path), "-workers=1", "-pidfile="+pidfile)
 	// The new master of the upgrade is not the test's child: stop it, should
