@@ -155,39 +155,20 @@ func parseHead(buf []byte, r *Request, lim *Limits) (int, headerFacts, int) {
 	hstart := q
 	for {
 		rest := buf[q:]
-		if len(rest) == 0 || len(rest) == 1 && rest[0] == '\r' {
-			if q-hstart > lim.MaxHeaderBytes {
-				return 0, h, 431
-			}
-			return 0, h, 0
+		n, end, st := fieldLine(rest, bytes.IndexByte(rest, '\n'), q-hstart, lim.MaxHeaderBytes)
+		if n == 0 {
+			return 0, h, st
 		}
-		if rest[0] == '\r' {
-			if rest[1] != '\n' {
-				return 0, h, 400
-			}
-			q += 2
+		q += n
+		if end {
 			break
-		}
-		e := bytes.IndexByte(rest, '\n')
-		if e < 0 {
-			if q+len(rest)-hstart > lim.MaxHeaderBytes {
-				return 0, h, 431
-			}
-			return 0, h, 0
-		}
-		if q+e+1-hstart > lim.MaxHeaderBytes {
-			return 0, h, 431
-		}
-		if e < 2 || rest[e-1] != '\r' {
-			return 0, h, 400
 		}
 		if len(r.headers) == lim.MaxHeaders {
 			return 0, h, 431
 		}
-		if st := h.field(rest[:e-1], r); st != 0 {
+		if st := h.field(rest[:n-2], r); st != 0 {
 			return 0, h, st
 		}
-		q += e + 1
 	}
 
 	if st := h.framing(r); st != 0 {
@@ -203,10 +184,8 @@ func parseRequestLine(line []byte, r *Request) int {
 		return 400
 	}
 	r.Method = line[:sp]
-	for _, c := range r.Method {
-		if !isToken[c] {
-			return 400
-		}
+	if !all(r.Method, &isToken) {
+		return 400
 	}
 	line = line[sp+1:]
 	sp = bytes.IndexByte(line, ' ')
@@ -214,10 +193,8 @@ func parseRequestLine(line []byte, r *Request) int {
 		return 400
 	}
 	r.Target = line[:sp]
-	for _, c := range r.Target {
-		if !isTarget[c] {
-			return 400
-		}
+	if !all(r.Target, &isTarget) {
+		return 400
 	}
 	r.Path = r.Target
 	if i := bytes.IndexByte(r.Target, '?'); i >= 0 {
@@ -237,34 +214,71 @@ func parseRequestLine(line []byte, r *Request) int {
 // headerFacts gathers what the header fields say about framing and the
 // connection, to be judged once the block is complete.
 type headerFacts struct {
-	hosts      int
-	length     int64
-	hasLength  bool
-	hasTE      bool
-	chunked    bool // the last coding seen is chunked
-	teBad      bool // chunked applied twice, or an empty coding
-	teUnknown  bool // a coding other than chunked
-	closeTok   bool
-	keepAliveT bool
-	expect     bool
+	hosts         int
+	length        int64
+	hasLength     bool
+	hasTE         bool
+	chunked       bool // the last coding seen is chunked
+	teBad         bool // chunked applied twice, or an empty coding
+	teUnknown     bool // a coding other than chunked
+	connClose     bool // Connection: close
+	connKeepAlive bool // Connection: keep-alive
+	expect        bool
+}
+
+// fieldLine reads the line at the start of rest in a section of field
+// lines, the header block or a trailer section, after used bytes of it;
+// lf is the offset of the line's LF in rest, or -1 while it has not come.
+// It returns the length of the line with its CRLF, and end when that is the
+// empty line that ends the section (which max does not count); 0 when more
+// is needed or the section is refused with st. What the line says is for
+// splitField to check.
+func fieldLine(rest []byte, lf, used, max int) (n int, end bool, st int) {
+	switch {
+	case len(rest) > 0 && rest[0] == '\r':
+		if len(rest) == 1 {
+			return 0, false, 0
+		}
+		if rest[1] != '\n' {
+			return 0, false, 400
+		}
+		return 2, true, 0
+	case lf < 0:
+		if used+len(rest) > max {
+			return 0, false, 431
+		}
+		return 0, false, 0
+	case used+lf+1 > max:
+		return 0, false, 431 // before the line's own checks, as a prefix would see it
+	case lf < 2 || rest[lf-1] != '\r':
+		return 0, false, 400
+	}
+	return lf + 1, false, 0
+}
+
+// splitField checks a field line, its CRLF cut off: a token, a colon, and
+// a value without control characters, which it returns without the
+// whitespace around it.
+func splitField(line []byte) (name, value []byte, st int) {
+	colon := bytes.IndexByte(line, ':')
+	if colon <= 0 {
+		return nil, nil, 400 // also catches obs-fold: a continuation line has no name
+	}
+	name = line[:colon]
+	if !all(name, &isToken) {
+		return nil, nil, 400 // whitespace before the colon lands here
+	}
+	value = trimOWS(line[colon+1:])
+	if hasCTL(value) {
+		return nil, nil, 400
+	}
+	return name, value, 0
 }
 
 func (h *headerFacts) field(line []byte, r *Request) int {
-	colon := bytes.IndexByte(line, ':')
-	if colon <= 0 {
-		return 400 // also catches obs-fold: a continuation line has no name
-	}
-	name := line[:colon]
-	for _, c := range name {
-		if !isToken[c] {
-			return 400 // whitespace before the colon lands here
-		}
-	}
-	value := trimOWS(line[colon+1:])
-	for _, c := range value {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return 400
-		}
+	name, value, st := splitField(line)
+	if st != 0 {
+		return st
 	}
 	r.headers = append(r.headers, field{name, value})
 
@@ -276,8 +290,8 @@ func (h *headerFacts) field(line []byte, r *Request) int {
 	case equalFold(name, "transfer-encoding"):
 		h.transferEncoding(value)
 	case equalFold(name, "connection"):
-		h.closeTok = h.closeTok || hasToken(value, "close")
-		h.keepAliveT = h.keepAliveT || hasToken(value, "keep-alive")
+		h.connClose = h.connClose || hasToken(value, "close")
+		h.connKeepAlive = h.connKeepAlive || hasToken(value, "keep-alive")
 	case equalFold(name, "expect"):
 		h.expect = equalFold(value, "100-continue")
 	}
@@ -359,7 +373,7 @@ func (h *headerFacts) framing(r *Request) int {
 			return 501
 		}
 	}
-	r.close = h.closeTok || r.Minor == 0 && !h.keepAliveT
+	r.close = h.connClose || r.Minor == 0 && !h.connKeepAlive
 	// Only now that the block is complete and valid may the child send 100
 	// Continue; HTTP/1.0 clients never get one (RFC 9110 §10.1.1).
 	r.expect = h.expect && r.Minor == 1
@@ -520,37 +534,25 @@ func (b *bodyState) decode(buf []byte, lim *Limits, need *int) (int, int) {
 		case atTrailer:
 			// Trailer fields: checked like header lines, then ignored.
 			rest := buf[b.pos:]
-			if len(rest) < 2 {
-				return b.stop(buf, need)
+			lf, ok := b.nextLF(buf)
+			if !ok {
+				lf = -1
 			}
-			if rest[0] == '\r' {
-				if rest[1] != '\n' {
-					return 0, 400
-				}
+			n, end, st := fieldLine(rest, lf, b.trailer, lim.MaxHeaderBytes)
+			switch {
+			case st != 0:
+				return 0, st
+			case n == 0:
+				return b.stop(buf, need)
+			case end:
 				return b.pos + 2, 0
 			}
-			e, ok := b.nextLF(buf)
-			if !ok {
-				if b.trailer+len(rest) > lim.MaxHeaderBytes {
-					return 0, 431
-				}
-				return b.stop(buf, need)
+			if _, _, st := splitField(rest[:n-2]); st != 0 {
+				return 0, st
 			}
-			if b.trailer+e+1 > lim.MaxHeaderBytes {
-				return 0, 431 // before the line checks, as a prefix would see it
-			}
-			if e < 2 || rest[e-1] != '\r' || rest[0] == ' ' || rest[0] == '\t' ||
-				bytes.IndexByte(rest[:e], ':') <= 0 {
-				return 0, 400 // a trailer field is name: value like a header
-			}
-			for _, c := range rest[:e-1] {
-				if c < ' ' && c != '\t' || c == 0x7f {
-					return 0, 400
-				}
-			}
-			b.work += int64(e)
-			b.trailer += e + 1
-			b.pos += e + 1
+			b.work += int64(n)
+			b.trailer += n
+			b.pos += n
 		}
 	}
 }
@@ -605,13 +607,8 @@ func chunkSize(line []byte) (int64, bool) {
 		return 0, false
 	}
 	ext := trimOWS(line[i:])
-	if len(ext) > 0 && ext[0] != ';' {
+	if len(ext) > 0 && ext[0] != ';' || hasCTL(ext) {
 		return 0, false
-	}
-	for _, c := range ext {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return 0, false
-		}
 	}
 	return n, true
 }
@@ -629,6 +626,27 @@ func unhex(c byte) int {
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// all reports whether every byte of b is in set.
+func all(b []byte, set *[256]bool) bool {
+	for _, c := range b {
+		if !set[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// hasCTL reports whether b holds a control character other than HTAB,
+// which no field value, trailer or chunk extension may.
+func hasCTL(b []byte) bool {
+	for _, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
 
 // isToken marks tchar (RFC 9110 §5.6.2); isTarget marks the characters
 // RFC 3986 allows in a request-target: unreserved, reserved and '%'.
