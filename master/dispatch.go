@@ -86,7 +86,7 @@ func (m *Master) next() *kid {
 			if !m.canTake(k) {
 				continue
 			}
-			if l := m.open(k); best == nil || l < load {
+			if l := m.outstanding(k); best == nil || l < load {
 				best, load, at = k, l, i
 			}
 		}
@@ -145,7 +145,7 @@ func (m *Master) send(k *kid) bool {
 // updateAccepting keeps the listening socket in the poll set only while
 // there is somewhere to put new connections.
 func (m *Master) updateAccepting(now time.Time) {
-	want := m.stopping == running && m.lfd >= 0 && m.cfg.Mode == ModeFdpass &&
+	want := !m.stopBegun() && m.lfd >= 0 && m.cfg.Mode == ModeFdpass &&
 		len(m.queue) < maxQueue && !now.Before(m.rest.Until) && m.anyRoom()
 	if want == m.accepting {
 		return

@@ -114,7 +114,7 @@ func (m *Master) forget(fd int) {
 // retireCmd is how a child is asked to go: hand its connections back while
 // some generation serves, close them when the whole server stops.
 func (m *Master) retireCmd() (ipc.Cmd, uint32) {
-	if m.stopping != running {
+	if m.stopBegun() {
 		return ipc.CmdDrain, 0
 	}
 	return ipc.CmdRetire, uint32(min(m.cfg.Grace.Milliseconds(), 1<<31))

@@ -232,7 +232,7 @@ func (m *Master) reap() {
 			continue
 		}
 		m.bury(k)
-		expected := k.state == draining || m.stopping != running
+		expected := k.state == draining || m.stopBegun()
 		args := append([]any{"pid", pid, "slot", k.slot, "gen", k.gen}, exitDesc(ws)...)
 		switch {
 		case expected:

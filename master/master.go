@@ -260,7 +260,7 @@ func (m *Master) loop() error {
 		m.handleSignals()
 		now := time.Now()
 		m.lbTurn(now)
-		if m.stopping != running {
+		if m.stopBegun() {
 			if len(m.kids) == 0 {
 				m.log.Info("master stopped")
 				return m.stopErr()
@@ -312,7 +312,7 @@ func (m *Master) handleSignals() {
 	if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
 		m.stopAfterDelay()
 	}
-	if m.stopping != running {
+	if m.stopBegun() {
 		return
 	}
 	if m.delaying() {
@@ -350,7 +350,7 @@ func (m *Master) timeout() int {
 			due = t
 		}
 	}
-	if m.stopping != running {
+	if m.stopBegun() {
 		consider(m.deadline)
 	}
 	consider(m.lbDue())
@@ -373,12 +373,15 @@ func (m *Master) timeout() int {
 	return int(max(0, min(ms, 1000)))
 }
 
+// stopBegun reports whether a stop, graceful or fast, has begun.
+func (m *Master) stopBegun() bool { return m.stopping != running }
+
 // stop begins a graceful or fast stop; a fast stop may overrule a graceful one.
 func (m *Master) stop(kind stopKind) {
 	if m.stopping >= kind {
 		return
 	}
-	first := m.stopping == running
+	first := !m.stopBegun()
 	m.stopping = kind
 	m.lb.ready.Store(false)
 	if first && m.lb.until.IsZero() { // else the shutdown delay said it

@@ -32,12 +32,12 @@ type lbState struct {
 }
 
 // delaying reports whether the shutdown delay runs.
-func (m *Master) delaying() bool { return !m.lb.until.IsZero() && m.stopping == running }
+func (m *Master) delaying() bool { return !m.lb.until.IsZero() && !m.stopBegun() }
 
 // stopAfterDelay is SIGTERM and SIGQUIT: the shutdown delay, or, without
 // one, the graceful stop itself.
 func (m *Master) stopAfterDelay() {
-	if m.cfg.ShutdownDelay <= 0 || m.stopping != running {
+	if m.cfg.ShutdownDelay <= 0 || m.stopBegun() {
 		m.stop(graceful)
 		return
 	}
@@ -81,7 +81,7 @@ func (m *Master) lbTurn(now time.Time) {
 			m.goAway()
 		}
 	}
-	m.lb.ready.Store(!m.announce && m.stopping == running && m.lb.until.IsZero())
+	m.lb.ready.Store(!m.announce && !m.stopBegun() && m.lb.until.IsZero())
 }
 
 // lbDue is when the loop must wake for the end of the shutdown delay.

@@ -41,9 +41,10 @@ func (m *Master) releaseCell(k *kid) {
 	k.cell = -1
 }
 
-// open is how many connections k holds or has yet to take: what the master
-// sent it minus what it closed. In reuseport mode the child counts its own.
-func (m *Master) open(k *kid) uint64 {
+// outstanding is how many connections k holds or has yet to take: what the
+// master sent it minus what it closed. In reuseport mode the child counts
+// its own.
+func (m *Master) outstanding(k *kid) uint64 {
 	c := m.stats.Cell(k.cell)
 	if m.cfg.Mode == ModeReuseport {
 		return c.Accepted.Load() - c.Closed.Load()
@@ -54,5 +55,5 @@ func (m *Master) open(k *kid) uint64 {
 // hasRoom reports whether k may be given another connection, counting what
 // was dealt to it in this turn.
 func (m *Master) hasRoom(k *kid) bool {
-	return m.cfg.MaxConns <= 0 || m.open(k) < uint64(m.cfg.MaxConns)
+	return m.cfg.MaxConns <= 0 || m.outstanding(k) < uint64(m.cfg.MaxConns)
 }
