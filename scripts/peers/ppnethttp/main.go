@@ -1,0 +1,71 @@
+// Command ppnethttp is procpool serving an http.ServeMux through
+// child/nethttp, for scripts/bench: the same binary is master and children;
+// -mode fdpass or reuseport, one child per -workers, pinned with -affinity.
+// GET / answers "Hello World" (scripts/peers/hellomux).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+
+	"github.com/procpool/procpool/child"
+	"github.com/procpool/procpool/child/nethttp"
+	"github.com/procpool/procpool/ipc"
+	"github.com/procpool/procpool/master"
+	"github.com/procpool/procpool/scripts/peers/hellomux"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8080", "address to serve")
+	workers := flag.Int("workers", runtime.NumCPU(), "number of children")
+	mode := flag.String("mode", master.ModeFdpass, "fdpass or reuseport")
+	affinity := flag.Bool("affinity", true, "pin child i to CPU i")
+	batch := flag.Bool("sched-batch", false, "children under SCHED_BATCH")
+	pool := flag.Int("pool", 0, "worker goroutines per child (0: nethttp.DefaultPool)")
+	flag.Parse()
+
+	if slot, ok := master.ChildSlot(); ok {
+		os.Exit(runChild(slot, *mode, *listen, *pool))
+	}
+	err := master.Run(master.Config{
+		Listen: *listen, Workers: *workers, Mode: *mode, Affinity: *affinity,
+		SchedBatch: *batch, Args: os.Args[1:],
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ppnethttp:", err)
+		os.Exit(1)
+	}
+}
+
+func runChild(slot int, mode, listen string, pool int) int {
+	cfg := child.Config{Channel: master.ChannelFd, Slot: slot, Listener: -1, Pool: pool}
+	// The master watches its children's progress in their stats cells.
+	if cell, err := strconv.Atoi(os.Getenv(master.EnvCell)); err == nil && cell >= 0 && cell < ipc.Cells {
+		stats, err := ipc.OpenStats(master.StatsFd)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ppnethttp child:", err)
+			return 2
+		}
+		cfg.Stats = stats.Cell(cell)
+	}
+	if mode == master.ModeReuseport {
+		addr := os.Getenv(master.EnvListen)
+		if addr == "" {
+			addr = listen
+		}
+		fd, err := master.Listen(addr, 0, true)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ppnethttp child:", err)
+			return 2
+		}
+		cfg.Listener = fd
+	}
+	if err := child.Run(cfg, nethttp.Handler(hellomux.New())); err != nil && err != child.ErrMasterGone {
+		fmt.Fprintln(os.Stderr, "ppnethttp child:", err)
+		return 1
+	}
+	return 0
+}
