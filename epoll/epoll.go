@@ -25,13 +25,6 @@ const (
 // Event is one readiness report; Fd is the descriptor that was registered.
 type Event = unix.EpollEvent
 
-// Readable reports whether the event allows a read to make progress; errors and
-// hang-ups count, because the read is what reports them.
-func Readable(e *Event) bool { return e.Events&(In|RDHup|Err|Hup) != 0 }
-
-// Writable reports whether the event allows a write to make progress.
-func Writable(e *Event) bool { return e.Events&(Out|Err|Hup) != 0 }
-
 // Poller owns one epoll instance.
 type Poller struct {
 	fd int

@@ -26,9 +26,9 @@ func (m *Master) stopErr() error {
 	return nil
 }
 
-// ReloadSuffix names the file beside the pidfile where the master records
+// reloadSuffix names the file beside the pidfile where the master records
 // the outcome of each reload, for `procpool -s reload` to wait on.
-const ReloadSuffix = ".reload"
+const reloadSuffix = ".reload"
 
 // ReloadOutcome is one line of the reload file:
 //
@@ -53,7 +53,7 @@ func (o ReloadOutcome) String() string {
 // ReadReloadOutcome reads the reload file beside pidfile. A missing file
 // is the zero outcome, not an error.
 func ReadReloadOutcome(pidfile string) (ReloadOutcome, error) {
-	path := pidfile + ReloadSuffix
+	path := pidfile + reloadSuffix
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return ReloadOutcome{}, nil
@@ -136,7 +136,7 @@ func writeReloadOutcome(pidfile string, o ReloadOutcome) error {
 		o.Seq = last.Seq
 	}
 	o.Seq++
-	path := pidfile + ReloadSuffix
+	path := pidfile + reloadSuffix
 	tmp := path + "." + strconv.Itoa(o.Pid)
 	unix.Unlink(tmp) // a leftover of an earlier crash of this pid
 	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
@@ -159,5 +159,5 @@ func writeReloadOutcome(pidfile string, o ReloadOutcome) error {
 // master wrote it last (after an upgrade, maybe the old one): once the
 // pidfile is removed, no master answers through it.
 func removeReloadOutcome(pidfile string) {
-	unix.Unlink(pidfile + ReloadSuffix)
+	unix.Unlink(pidfile + reloadSuffix)
 }

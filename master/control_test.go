@@ -17,7 +17,7 @@ func TestReloadOutcomeFile(t *testing.T) {
 	}
 	pid := os.Getpid()
 	// A file left by another master: numbering starts again at 1.
-	if err := os.WriteFile(pidfile+ReloadSuffix, []byte("1 7 ok generation 3\n"), 0o644); err != nil {
+	if err := os.WriteFile(pidfile+reloadSuffix, []byte("1 7 ok generation 3\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	steps := []struct {
@@ -39,12 +39,12 @@ func TestReloadOutcomeFile(t *testing.T) {
 		if err != nil || got != s.want {
 			t.Errorf("read back %+v, %v; want %+v", got, err, s.want)
 		}
-		b, _ := os.ReadFile(pidfile + ReloadSuffix)
+		b, _ := os.ReadFile(pidfile + reloadSuffix)
 		if want := fmt.Sprintf(s.text, pid); string(b) != want {
 			t.Errorf("file holds %q, want %q", b, want)
 		}
 	}
-	if m, _ := filepath.Glob(pidfile + ReloadSuffix + ".*"); len(m) > 0 {
+	if m, _ := filepath.Glob(pidfile + reloadSuffix + ".*"); len(m) > 0 {
 		t.Errorf("temporary files left: %v", m)
 	}
 	p, err := CreatePidfile(pidfile)
@@ -52,7 +52,7 @@ func TestReloadOutcomeFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Remove()
-	if _, err := os.Stat(pidfile + ReloadSuffix); !os.IsNotExist(err) {
+	if _, err := os.Stat(pidfile + reloadSuffix); !os.IsNotExist(err) {
 		t.Errorf("reload file after the pidfile's Remove: %v, want gone", err)
 	}
 }

@@ -23,7 +23,7 @@ func Listen(addr string, backlog int, reuseport bool) (int, error) {
 		return -1, err
 	}
 	if backlog <= 0 {
-		backlog = Somaxconn()
+		backlog = somaxconn()
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
 		unix.Close(fd)
@@ -101,8 +101,8 @@ func resolve(addr string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
 }
 
-// Somaxconn is the kernel's cap on a listen backlog.
-func Somaxconn() int {
+// somaxconn is the kernel's cap on a listen backlog.
+func somaxconn() int {
 	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
 	if err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
@@ -112,8 +112,8 @@ func Somaxconn() int {
 	return 4096
 }
 
-// LocalAddr returns the address a listening fd is bound to, as host:port.
-func LocalAddr(fd int) (string, error) {
+// localAddr returns the address a listening fd is bound to, as host:port.
+func localAddr(fd int) (string, error) {
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return "", os.NewSyscallError("getsockname", err)
@@ -129,7 +129,7 @@ func LocalAddr(fd int) (string, error) {
 	return "", fmt.Errorf("getsockname: unexpected address %T", sa)
 }
 
-// Reserve binds addr with SO_REUSEPORT without listening. In reuseport mode
+// reserve binds addr with SO_REUSEPORT without listening. In reuseport mode
 // the master holds this socket: it claims the port (and resolves port 0) for
 // the children, which bind the same address and listen, while the kernel
 // never queues a connection on it, since it is not listening.
@@ -145,7 +145,7 @@ func LocalAddr(fd int) (string, error) {
 // an earlier server without SO_REUSEPORT also block such a bind; then, and
 // only then (the probe, which has SO_REUSEADDR, got through), the reservation
 // takes SO_REUSEADDR as well.
-func Reserve(addr string) (int, error) {
+func reserve(addr string) (int, error) {
 	probed := false
 	if ap, err := resolve(addr); err == nil && ap.Port() != 0 {
 		probe, err := bind(addr, true, false)

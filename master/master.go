@@ -222,7 +222,7 @@ func start(cfg Config) (*Master, error) {
 	case UnixPath(cfg.Listen) != "":
 		m.lfd, err = ListenUnix(UnixPath(cfg.Listen), cfg.ListenMode, cfg.Backlog)
 	case cfg.Mode == ModeReuseport:
-		m.lfd, err = Reserve(cfg.Listen)
+		m.lfd, err = reserve(cfg.Listen)
 	default:
 		m.lfd, err = Listen(cfg.Listen, cfg.Backlog, false)
 	}
@@ -230,7 +230,7 @@ func start(cfg Config) (*Master, error) {
 		m.close()
 		return nil, err
 	}
-	if m.addr, err = LocalAddr(m.lfd); err != nil {
+	if m.addr, err = localAddr(m.lfd); err != nil {
 		m.close()
 		return nil, err
 	}

@@ -30,7 +30,7 @@ func PendingPidfile(path string) *Pidfile { return &Pidfile{path: path, fd: -1} 
 // Take waits until the current holder lets go of the lock, then takes it
 // and writes this process's pid. It blocks; call it off the loop.
 func (p *Pidfile) Take() error {
-	q, err := TakePidfile(p.path)
+	q, err := takePidfile(p.path)
 	if err != nil {
 		return err
 	}
@@ -49,10 +49,10 @@ func CreatePidfile(path string) (*Pidfile, error) {
 	return lockPidfile(path, unix.LOCK_EX|unix.LOCK_NB)
 }
 
-// TakePidfile waits until the current holder lets go of the lock, then
+// takePidfile waits until the current holder lets go of the lock, then
 // takes it and writes this process's pid: how an upgraded master inherits
 // the pidfile. It blocks; call it off the loop.
-func TakePidfile(path string) (*Pidfile, error) {
+func takePidfile(path string) (*Pidfile, error) {
 	return lockPidfile(path, unix.LOCK_EX)
 }
 

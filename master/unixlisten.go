@@ -72,7 +72,7 @@ func ListenUnix(path string, mode os.FileMode, backlog int) (int, error) {
 		return fail(os.NewSyscallError("chmod", err))
 	}
 	if backlog <= 0 {
-		backlog = Somaxconn()
+		backlog = somaxconn()
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
 		unix.Close(fd)

@@ -124,7 +124,7 @@ func adopt(fd int, mode string, backlog int) (int, error) {
 	switch {
 	case mode == ModeFdpass && listening == 0:
 		if backlog <= 0 {
-			backlog = Somaxconn()
+			backlog = somaxconn()
 		}
 		if err := unix.Listen(fd, backlog); err != nil {
 			return -1, os.NewSyscallError("listen", err)
