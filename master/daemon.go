@@ -11,10 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// EnvDaemonFd names, in a detached master, the fd on which it reports to the
-// process that started it: one byte 'R' when serving, or an error text.
-const EnvDaemonFd = "PROCPOOL_DAEMON_FD"
-
 // Daemonize starts this binary again, detached: in a new session, stdin on
 // /dev/null and stdout and stderr on logPath (or /dev/null). It waits until
 // the detached master is serving or has failed, and returns what the
@@ -45,11 +41,8 @@ func Daemonize(logPath string, stderr io.Writer) int {
 		return 1
 	}
 	defer r.Close()
-	attr := &syscall.ProcAttr{
-		Env:   append(os.Environ(), EnvDaemonFd+"=3"),
-		Files: []uintptr{out.Fd(), logf.Fd(), logf.Fd(), w.Fd()},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
-	}
+	files, env := daemonStart(out.Fd(), logf.Fd(), w.Fd())
+	attr := &syscall.ProcAttr{Env: env, Files: files, Sys: &syscall.SysProcAttr{Setsid: true}}
 	argv := append([]string{MasterTitle}, os.Args[1:]...)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, attr)
 	w.Close()
@@ -58,7 +51,7 @@ func Daemonize(logPath string, stderr io.Writer) int {
 		return 1
 	}
 	msg, _ := io.ReadAll(r)
-	if len(msg) == 1 && msg[0] == 'R' {
+	if len(msg) == 1 && msg[0] == readyByte {
 		return 0
 	}
 	if len(msg) == 0 {
@@ -68,13 +61,16 @@ func Daemonize(logPath string, stderr io.Writer) int {
 	return 1
 }
 
+// Detached reports whether this master was started by Daemonize: it then
+// reports through DaemonReporter.
+func Detached() bool { return os.Getenv(EnvDaemonFd) != "" }
+
 // DaemonReporter returns, in a detached master, the function that tells the
 // starting process the outcome: nil error means serving. It returns nil in
 // any other process. Only the first report counts.
 func DaemonReporter() func(error) {
-	fd, err := strconv.Atoi(os.Getenv(EnvDaemonFd))
-	os.Unsetenv(EnvDaemonFd)
-	if err != nil || fd < 3 {
+	fd := inheritedFd(EnvDaemonFd)
+	if fd < 0 {
 		return nil
 	}
 	unix.CloseOnExec(fd)
@@ -83,7 +79,7 @@ func DaemonReporter() func(error) {
 			return
 		}
 		if err == nil {
-			unix.Write(fd, []byte{'R'})
+			unix.Write(fd, []byte{readyByte})
 		} else {
 			unix.Write(fd, []byte(err.Error()))
 		}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -99,6 +98,7 @@ func (m *Master) setWorkers(n int) {
 // maintain starts a child in every slot of the current generation that has
 // none, once its backoff has passed.
 func (m *Master) maintain(now time.Time) {
+	m.checkCells()
 	for slot := range m.slots {
 		st := &m.slots[slot]
 		if m.hasKid(slot, m.gen) {
@@ -148,7 +148,7 @@ func (m *Master) backoff(st *slotState, now time.Time) {
 }
 
 // spawn starts a child for slot in the current generation: the same binary,
-// re-executed, with its channel as fd 3.
+// re-executed, with what contract.go lists.
 func (m *Master) spawn(slot int) error {
 	mfd, cfd, err := ipc.Pair()
 	if err != nil {
@@ -164,30 +164,28 @@ func (m *Master) spawn(slot int) error {
 		unix.Close(cfd)
 		return errNoCell
 	}
-	env := childEnv(slot, m.gen, m.addr, cell)
+	files, env := childStart(slot, m.gen, cell, m.addr, m.null, cfd, m.stats.Fd())
 	attr := &syscall.ProcAttr{
-		Env: env,
-		Files: []uintptr{uintptr(m.null), uintptr(os.Stderr.Fd()), uintptr(os.Stderr.Fd()), uintptr(cfd),
-			uintptr(m.stats.Fd())},
-		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential},
+		Env:   env,
+		Files: files,
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential},
 	}
 	// /proc/self/exe is this master's own binary even if the file on disk
 	// was replaced since: children always run the master's code.
 	argv := append([]string{fmt.Sprintf("procpool: child %d gen %d", slot, m.gen)}, m.cfg.Args...)
-	pid, err := forkExecPinned(cpu, m.cfg.SchedBatch, "/proc/self/exe", argv, attr)
+	pid, err := m.sys.start(cpu, m.cfg.SchedBatch, "/proc/self/exe", argv, attr)
 	if err != nil {
 		unix.Close(mfd)
 		unix.Close(cfd)
 		m.freeCells = append(m.freeCells, cell)
 		return err
 	}
-	m.stats.Cell(cell).Pid.Store(int64(pid))
 	k := &kid{pid: pid, slot: slot, gen: m.gen, cpu: cpu, ch: ipc.NewChannel(mfd), peer: cfd,
-		state: starting, started: time.Now(), cell: cell, lim: m.drawLimits()}
+		state: starting, started: m.now(), cell: cell, lim: m.drawLimits()}
 	k.h.progressAt.Store(k.started.UnixNano())
 	if err := m.poller.Add(mfd, epoll.In); err != nil {
 		// Without its channel the child is useless; it will see EOF and exit.
-		unix.Kill(pid, unix.SIGKILL)
+		m.sys.kill(pid, unix.SIGKILL)
 		k.closeChannel()
 		m.kids = append(m.kids, k) // still reaped through SIGCHLD
 		k.state = draining
@@ -199,23 +197,12 @@ func (m *Master) spawn(slot int) error {
 	return nil
 }
 
-func childEnv(slot, gen int, addr string, cell int) []string {
-	var env []string
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "PROCPOOL_") {
-			env = append(env, e)
-		}
-	}
-	return append(env, fmt.Sprintf("%s=%d", EnvSlot, slot), fmt.Sprintf("%s=%d", EnvGen, gen),
-		EnvListen+"="+addr, fmt.Sprintf("%s=%d", EnvCell, cell))
-}
-
 // reap collects every exited child. Only Wait4(-1, WNOHANG) is used, so no
 // exit status is ever taken by anyone else.
 func (m *Master) reap() {
 	for {
 		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		pid, err := m.sys.wait(&ws)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -249,13 +236,14 @@ func (m *Master) reap() {
 			m.log.Warn("child died unexpectedly", args...)
 			if k.slot < len(m.slots) && k.gen == m.gen {
 				st := &m.slots[k.slot]
-				if k.state == starting || time.Since(k.started) < quickDeath {
+				now := m.now()
+				if k.state == starting || now.Sub(k.started) < quickDeath {
 					// It died before it could serve, or soon after: a broken
 					// binary, config, environment or first request.
 					// Retrying at once would only fork-storm.
-					m.backoff(st, time.Now())
+					m.backoff(st, now)
 					m.log.Warn("respawn backoff", "slot", k.slot, "failures", st.failures,
-						"delay", time.Until(st.respawnAt).Round(time.Millisecond))
+						"delay", st.respawnAt.Sub(now).Round(time.Millisecond))
 				} else {
 					st.failures = 0
 					st.respawnAt = k.started.Add(spawnGap)
@@ -431,13 +419,11 @@ func (m *Master) tellArg(k *kid, cmd ipc.Cmd, arg uint32) {
 			return
 		}
 	}
-	switch cmd {
-	case ipc.CmdDrain, ipc.CmdRetire: // a signal cannot ask for the hand-back: the child drains
-		unix.Kill(k.pid, unix.SIGTERM)
-	case ipc.CmdStop:
-		unix.Kill(k.pid, unix.SIGINT)
-	case ipc.CmdReopen:
-		unix.Kill(k.pid, unix.SIGUSR1)
+	if cmd == ipc.CmdRetire {
+		cmd = ipc.CmdDrain // a signal cannot ask for the hand-back: the child drains
+	}
+	if sig, ok := fallback[cmd]; ok {
+		m.sys.kill(k.pid, sig)
 	}
 }
 
@@ -513,15 +499,7 @@ func (m *Master) reload() {
 			return
 		}
 		cfg.setDefaults()
-		// Only what the pool is made of changes; how the master runs does not.
-		m.cfg.Workers, m.cfg.Affinity, m.cfg.Args, m.cfg.Grace = cfg.Workers, cfg.Affinity, cfg.Args, cfg.Grace
-		m.cfg.SchedBatch = cfg.SchedBatch
-		// The master admits connections for the children by -max-conns
-		// (fdpass), so it must follow the children's new limit.
-		m.cfg.MaxConns = cfg.MaxConns
-		m.cfg.Dispatch, m.cfg.Stall, m.cfg.Watchdog = cfg.Dispatch, cfg.Stall, cfg.Watchdog
-		m.cfg.MaxRequests, m.cfg.MaxLifetime, m.cfg.MaxRSS, m.cfg.RecycleJitter =
-			cfg.MaxRequests, cfg.MaxLifetime, cfg.MaxRSS, cfg.RecycleJitter
+		m.cfg.takeReloadable(&cfg)
 	}
 	m.gen++
 	m.setWorkers(m.cfg.Workers)
@@ -531,7 +509,7 @@ func (m *Master) reload() {
 	m.log.Info("reload begun", "gen", m.gen, "workers", len(m.slots))
 	notify("RELOADING=1")
 	m.reloading = true
-	m.maintain(time.Now())
+	m.maintain(m.now())
 }
 
 // resize changes the number of slots by SIGTTIN/SIGTTOU.
@@ -547,4 +525,18 @@ func (m *Master) resize(n int) {
 			m.retire(k)
 		}
 	}
+}
+
+// takeReloadable copies from n what a reload changes: what the pool is made
+// of and how connections are dealt to it. How the master listens, logs and
+// is controlled stays as it started. n has its defaults set.
+// TestReloadableFields fails for a Config field nobody decided about.
+func (c *Config) takeReloadable(n *Config) {
+	c.Workers, c.Affinity, c.SchedBatch, c.Args = n.Workers, n.Affinity, n.SchedBatch, n.Args
+	c.Grace = n.Grace
+	// The master admits connections for the children by -max-conns
+	// (fdpass), so it must follow the children's new limit.
+	c.MaxConns = n.MaxConns
+	c.Dispatch, c.Stall, c.Watchdog = n.Dispatch, n.Stall, n.Watchdog
+	c.MaxRequests, c.MaxLifetime, c.MaxRSS, c.RecycleJitter = n.MaxRequests, n.MaxLifetime, n.MaxRSS, n.RecycleJitter
 }

@@ -6,7 +6,6 @@
 package master
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -24,17 +23,6 @@ import (
 const (
 	ModeFdpass    = "fdpass"
 	ModeReuseport = "reuseport"
-)
-
-// Environment a child is started with; ChildSlot reads it back.
-const (
-	EnvSlot = "PROCPOOL_SLOT"
-	EnvGen  = "PROCPOOL_GEN"
-	// EnvListen is the address the master resolved (port 0 made concrete);
-	// reuseport children bind exactly this.
-	EnvListen = "PROCPOOL_LISTEN"
-	// ChannelFd is the fd number of the channel in a child.
-	ChannelFd = 3
 )
 
 // Config is what the master runs with.
@@ -127,6 +115,7 @@ type Master struct {
 	rr      int
 	gen     int
 	now     func() time.Time // the clock; tests of decisions set their own
+	sys     system           // processes; tests of decisions set their own
 	serving int              // the newest generation all of whose children were ready
 	peerCh  *ipc.Channel     // reads the children's ends of channels, to take back
 	carried map[int][]byte   // bytes already read from queued connections that were handed back
@@ -193,7 +182,7 @@ func start(cfg Config) (*Master, error) {
 	raiseNofile(cfg.Log)
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs(),
-		peerCh: ipc.NewChannel(-1), now: time.Now, carried: map[int][]byte{}}
+		peerCh: ipc.NewChannel(-1), now: time.Now, sys: kernel, carried: map[int][]byte{}}
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, os.NewSyscallError("open /dev/null", err)
@@ -258,7 +247,7 @@ func (m *Master) loop() error {
 		m.observe(m.now())
 		m.dispatch()
 		m.handleSignals()
-		now := time.Now()
+		now := m.now()
 		m.lbTurn(now)
 		if m.stopBegun() {
 			if len(m.kids) == 0 {
@@ -298,47 +287,30 @@ func (m *Master) loop() error {
 	}
 }
 
-// handleSignals acts on pending signals in a fixed order, like a priority
-// list: first learn who died, then stop, then the rest.
+// handleSignals acts on pending signals in the order of the Signals table,
+// like a priority list: first learn who died, then stop, then the rest,
+// which a stopping master ignores (and one in its shutdown delay, but for
+// what duringDelay lets through).
 func (m *Master) handleSignals() {
 	s := m.pending
 	m.pending = 0
-	if s.Has(unix.SIGCHLD) {
-		m.reap()
-	}
-	if s.Has(unix.SIGINT) {
-		m.stop(fast)
-	}
-	if s.Has(unix.SIGTERM) || s.Has(unix.SIGQUIT) {
-		m.stopAfterDelay()
-	}
-	if m.stopBegun() {
-		return
-	}
-	if m.delaying() {
-		s = duringDelay(s)
-	}
-	if s.Has(unix.SIGHUP) {
-		m.reload()
-	}
-	if s.Has(unix.SIGUSR1) {
-		m.log.Info("reopening logs")
-		if m.cfg.Reopen != nil {
-			if err := m.cfg.Reopen(); err != nil {
-				m.log.Error("reopen logs", "err", err)
-			}
+	for _, row := range Signals {
+		if s.Has(row.Sig) && (row.evenStopping ||
+			!m.stopBegun() && (!m.delaying() || duringDelay(s).Has(row.Sig))) {
+			row.act(m)
 		}
-		m.tellAll(ipc.CmdReopen)
 	}
-	if s.Has(unix.SIGUSR2) {
-		m.upgrade()
+}
+
+// reopen reopens the master's logs and tells the children to reopen theirs.
+func (m *Master) reopen() {
+	m.log.Info("reopening logs")
+	if m.cfg.Reopen != nil {
+		if err := m.cfg.Reopen(); err != nil {
+			m.log.Error("reopen logs", "err", err)
+		}
 	}
-	if s.Has(unix.SIGTTIN) {
-		m.resize(len(m.slots) + 1)
-	}
-	if s.Has(unix.SIGTTOU) {
-		m.resize(len(m.slots) - 1)
-	}
+	m.tellAll(ipc.CmdReopen)
 }
 
 // timeout is how long the loop may sleep before something is due.
@@ -419,7 +391,7 @@ func (m *Master) killAll() {
 	for _, k := range m.kids {
 		if !k.killed {
 			m.log.Warn("killing child past the grace period", "pid", k.pid, "slot", k.slot)
-			unix.Kill(k.pid, unix.SIGKILL)
+			m.sys.kill(k.pid, unix.SIGKILL)
 			k.killed = true
 		}
 	}
@@ -465,16 +437,6 @@ func signalList() []os.Signal {
 		l = append(l, s.Sig)
 	}
 	return l
-}
-
-// ChildSlot reports whether this process was started as a child, and which.
-func ChildSlot() (slot int, ok bool) {
-	v, ok := os.LookupEnv(EnvSlot)
-	if !ok {
-		return 0, false
-	}
-	_, err := fmt.Sscanf(v, "%d", &slot)
-	return slot, err == nil
 }
 
 func exitDesc(ws syscall.WaitStatus) []any {

@@ -81,10 +81,19 @@ type testKid struct {
 // listener, in fdpass mode. Its log is discarded.
 func newTestMaster(t *testing.T, n int, cfg Config) (*Master, []testKid) {
 	t.Helper()
-	cfg.Mode = ModeFdpass
+	m, _, kids := newFakeMaster(t, n, cfg)
+	return m, kids
+}
+
+// newFakeMaster is newTestMaster with the fake processes behind it: its
+// children were spawned through fakeSys, and said ready.
+func newFakeMaster(t *testing.T, n int, cfg Config) (*Master, *fakeSys, []testKid) {
+	t.Helper()
+	cfg.Mode, cfg.Workers = ModeFdpass, n
 	cfg.setDefaults()
-	m := &Master{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), lfd: -1,
-		fds: make([]int, 0, ipc.MaxFds), peerCh: ipc.NewChannel(-1), now: time.Now, carried: map[int][]byte{}}
+	m := &Master{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), lfd: -1, null: -1, upgradeFd: -1,
+		addr: "127.0.0.1:8080", fds: make([]int, 0, ipc.MaxFds), peerCh: ipc.NewChannel(-1), now: time.Now,
+		carried: map[int][]byte{}}
 	var err error
 	if m.stats, err = ipc.NewStats(); err != nil {
 		t.Fatal(err)
@@ -99,24 +108,22 @@ func newTestMaster(t *testing.T, n int, cfg Config) (*Master, []testKid) {
 		for _, k := range m.kids {
 			k.closeChannel()
 		}
+		if m.upgradeFd >= 0 {
+			unix.Close(m.upgradeFd)
+		}
 		m.poller.Close()
 		m.stats.Close()
 	})
-	m.setWorkers(n)
+	f := newFakeSys(t, m)
+	m.sys = f.system()
+	m.setWorkers(cfg.Workers)
+	m.maintain(m.now())
 	var kids []testKid
-	for slot := range n {
-		mfd, cfd, err := ipc.Pair()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cell, _ := m.allocCell()
-		k := &kid{pid: -1, slot: slot, ch: ipc.NewChannel(mfd), peer: cfd, state: ready, cell: cell}
-		m.poller.Add(mfd, epoll.In)
-		m.kids = append(m.kids, k)
-		kids = append(kids, testKid{k, ipc.NewChannel(cfd)})
+	for _, k := range m.kids {
+		f.ready(k)
+		kids = append(kids, f.child(k))
 	}
-	m.retarget()
-	return m, kids
+	return m, f, kids
 }
 
 // conns makes n connected sockets and returns the ends the master would

@@ -6,13 +6,6 @@ import (
 	"github.com/procpool/procpool/ipc"
 )
 
-// Children find their counters through these: the stats region is fd 4, and
-// EnvCell names their cell in it.
-const (
-	StatsFd = 4
-	EnvCell = "PROCPOOL_CELL"
-)
-
 var errNoCell = errors.New("no free stats cell: too many children")
 
 // allocCell takes a free cell of the stats region and zeroes it.

@@ -4,22 +4,11 @@ import (
 	"errors"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/procpool/procpool/epoll"
 	"golang.org/x/sys/unix"
-)
-
-// Environment of a master started by an upgrade.
-const (
-	// EnvInheritFd names the fd of the listening socket (fdpass) or of the
-	// port reservation (reuseport) that the new master takes over.
-	EnvInheritFd = "PROCPOOL_INHERIT_FD"
-	// EnvUpgradeFd names the fd on which the new master writes one byte when
-	// its children are ready: the old master's cue to hand over and drain.
-	EnvUpgradeFd = "PROCPOOL_UPGRADE_FD"
 )
 
 // upgrade starts a new master from the binary on disk, passing it the
@@ -39,18 +28,10 @@ func (m *Master) upgrade() {
 		m.log.Error("upgrade failed", "err", os.NewSyscallError("pipe2", err))
 		return
 	}
-	env := []string{EnvInheritFd + "=3", EnvUpgradeFd + "=4"}
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "PROCPOOL_") && !strings.HasPrefix(e, "LISTEN_") {
-			env = append(env, e)
-		}
-	}
-	attr := &syscall.ProcAttr{
-		Env:   env,
-		Files: []uintptr{uintptr(m.null), os.Stdout.Fd(), os.Stderr.Fd(), uintptr(m.lfd), uintptr(p[1])},
-	}
+	files, env := upgradeStart(m.null, m.lfd, p[1])
+	attr := &syscall.ProcAttr{Env: env, Files: files}
 	argv := append([]string{MasterTitle}, m.cfg.MasterArgs...)
-	pid, err := syscall.ForkExec(m.cfg.Exe, argv, attr)
+	pid, err := m.sys.start(-1, false, m.cfg.Exe, argv, attr)
 	unix.Close(p[1])
 	if err != nil {
 		unix.Close(p[0])
@@ -63,7 +44,7 @@ func (m *Master) upgrade() {
 		return
 	}
 	m.upgradePid, m.upgradeFd = pid, p[0]
-	m.upgradeDeadline = time.Now().Add(upgradeTimeout)
+	m.upgradeDeadline = m.now().Add(upgradeTimeout)
 	m.log.Info("upgrade begun", "binary", m.cfg.Exe, "new_pid", pid)
 }
 
@@ -78,7 +59,7 @@ func (m *Master) onUpgradeReady() {
 	m.poller.Delete(m.upgradeFd)
 	unix.Close(m.upgradeFd)
 	m.upgradeFd = -1
-	if n != 1 {
+	if n != 1 || b[0] != readyByte {
 		m.log.Error("upgrade failed: the new master exited before it was ready; still serving",
 			"new_pid", m.upgradePid)
 		return
@@ -155,9 +136,32 @@ func (m *Master) checkUpgrade(now time.Time) {
 	if m.upgradeFd >= 0 && now.After(m.upgradeDeadline) {
 		m.log.Error("upgrade failed: the new master was not ready in time; still serving",
 			"new_pid", m.upgradePid, "timeout", upgradeTimeout)
-		unix.Kill(m.upgradePid, unix.SIGKILL)
+		m.sys.kill(m.upgradePid, unix.SIGKILL)
 		m.poller.Delete(m.upgradeFd)
 		unix.Close(m.upgradeFd)
 		m.upgradeFd = -1
+	}
+}
+
+// Upgraded reports whether this master was started by an upgrade. It then
+// serves InheritedListener and tells the old master through UpgradeReporter.
+func Upgraded() bool { return os.Getenv(EnvInheritFd) != "" }
+
+// InheritedListener takes the listening socket the old master passed at an
+// upgrade; 0 when there is none (Config.ListenFd's none).
+func InheritedListener() int { return max(0, inheritedFd(EnvInheritFd)) }
+
+// UpgradeReporter returns, in a master started by an upgrade, the function
+// that tells the old master this one is ready; nil otherwise. Call it once,
+// and the function it returns at most once.
+func UpgradeReporter() func() {
+	fd := inheritedFd(EnvUpgradeFd)
+	if fd < 0 {
+		return nil
+	}
+	unix.CloseOnExec(fd)
+	return func() {
+		unix.Write(fd, []byte{readyByte})
+		unix.Close(fd)
 	}
 }

@@ -11,11 +11,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/procpool/procpool/child"
-	"github.com/procpool/procpool/ipc"
 	"github.com/procpool/procpool/master"
 )
 
@@ -51,8 +49,8 @@ func runMaster(s *settings, stderr io.Writer) int {
 	if s.signal != "" {
 		return control(s, os.Stdout, stderr)
 	}
-	upgraded := os.Getenv(master.EnvInheritFd) != ""
-	if s.daemon && os.Getenv(master.EnvDaemonFd) == "" && !upgraded {
+	upgraded := master.Upgraded()
+	if s.daemon && !master.Detached() && !upgraded {
 		return master.Daemonize(s.logPath, stderr)
 	}
 	setComm("procpool")
@@ -100,7 +98,7 @@ func runMaster(s *settings, stderr io.Writer) int {
 		defer pf.Remove()
 	}
 
-	upgradeReport := upgradeReporter()
+	upgradeReport := master.UpgradeReporter()
 	cfg.Ready = func(addr string) {
 		if report != nil {
 			report(nil)
@@ -175,7 +173,7 @@ func (s *settings) masterConfig() (master.Config, error) {
 	}
 	cfg.AdminPublic = s.public
 	s.lb.apply(&cfg)
-	if fd := inheritedFd(); fd > 0 {
+	if fd := master.InheritedListener(); fd > 0 {
 		cfg.ListenFd = fd
 	} else if fd := master.ActivatedListener(); fd > 0 {
 		if s.mode == master.ModeReuseport {
@@ -195,11 +193,16 @@ func (s *settings) masterConfig() (master.Config, error) {
 }
 
 func runChild(s *settings, slot int) int {
-	gen, _ := strconv.Atoi(os.Getenv(master.EnvGen))
-	log := newLogger(s.logJSON).With("pid", os.Getpid(), "slot", slot, "gen", gen)
+	from, err := master.OpenChild()
+	log := newLogger(s.logJSON).With("pid", os.Getpid(), "slot", slot, "gen", from.Gen)
+	if err != nil {
+		log.Error("start", "err", err)
+		return exitFatal
+	}
 	cfg := child.Config{
-		Channel:  master.ChannelFd,
-		Slot:     slot,
+		Channel:  from.Channel,
+		Slot:     from.Slot,
+		Stats:    from.Stats,
 		Listener: -1,
 		Pool:     s.pool,
 		Limits:   s.limits,
@@ -233,20 +236,8 @@ func runChild(s *settings, slot int) int {
 			cfg.AccessLog.Reopen()
 		}
 	}
-	if cell, err := strconv.Atoi(os.Getenv(master.EnvCell)); err == nil && cell >= 0 && cell < ipc.Cells {
-		stats, err := ipc.OpenStats(master.StatsFd)
-		if err != nil {
-			log.Error("open the stats region", "err", err)
-			return exitFatal
-		}
-		cfg.Stats = stats.Cell(cell)
-	}
 	if s.mode == master.ModeReuseport {
-		addr := os.Getenv(master.EnvListen)
-		if addr == "" {
-			addr = s.listen
-		}
-		fd, err := master.Listen(addr, s.backlog, true)
+		fd, err := master.Listen(from.Listen, s.backlog, true)
 		if err != nil {
 			log.Error("listen", "err", err)
 			return exitFatal

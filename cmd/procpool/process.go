@@ -126,31 +126,6 @@ func terminal(stderr io.Writer, logPath string) *os.File {
 	return os.NewFile(uintptr(fd), "terminal")
 }
 
-// inheritedFd is the listening socket an old master passed at an upgrade.
-func inheritedFd() int {
-	fd, err := strconv.Atoi(os.Getenv(master.EnvInheritFd))
-	os.Unsetenv(master.EnvInheritFd)
-	if err != nil || fd < 3 {
-		return 0
-	}
-	return fd
-}
-
-// upgradeReporter returns, in a master started by an upgrade, the function
-// that tells the old master this one is ready; nil otherwise.
-func upgradeReporter() func() {
-	fd, err := strconv.Atoi(os.Getenv(master.EnvUpgradeFd))
-	os.Unsetenv(master.EnvUpgradeFd)
-	if err != nil || fd < 3 {
-		return nil
-	}
-	unix.CloseOnExec(fd)
-	return func() {
-		unix.Write(fd, []byte{'R'})
-		unix.Close(fd)
-	}
-}
-
 // lookupUser resolves -user into the credentials children are started with.
 func lookupUser(name string) (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
