@@ -34,7 +34,7 @@ func Pair() (master, child int, err error) {
 // receiving reuse, so neither allocates. A Channel is used by one goroutine.
 type Channel struct {
 	Fd  int
-	buf [MsgSize + MaxData]byte
+	buf [msgSize + MaxData]byte
 	n   int // size of the last message received
 	oob []byte
 }
@@ -70,21 +70,21 @@ func (c *Channel) SendConn(m Msg, fd int, data []byte) error {
 		return ErrBadMsg
 	}
 	m.Cmd, m.Arg = CmdConn, uint32(len(data))
-	copy(c.buf[MsgSize:], data)
-	return c.send(m, []int{fd}, c.buf[:MsgSize+len(data)])
+	copy(c.buf[msgSize:], data)
+	return c.send(m, []int{fd}, c.buf[:msgSize+len(data)])
 }
 
 // Data is what came after the header of the last message Recv returned
 // (a CmdConn's bytes); it is valid until the next Recv.
-func (c *Channel) Data() []byte { return c.buf[MsgSize:c.n] }
+func (c *Channel) Data() []byte { return c.buf[msgSize:c.n] }
 
 // send sends m with fds attached; payload, when given, is the whole message
 // (header and data) already in c.buf.
 func (c *Channel) send(m Msg, fds []int, payload []byte) error {
 	if payload == nil {
-		payload = c.buf[:MsgSize]
+		payload = c.buf[:msgSize]
 	}
-	m.Marshal(c.buf[:])
+	m.marshal(c.buf[:])
 	var oob []byte
 	if len(fds) > 0 {
 		oob = c.oob[:unix.CmsgSpace(len(fds)*4)]
@@ -137,16 +137,16 @@ func (c *Channel) Recv(fds []int) (Msg, []int, error) {
 		if flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 {
 			return Msg{}, closeAll(fds), ErrTruncated
 		}
-		if n < MsgSize {
+		if n < msgSize {
 			return Msg{}, closeAll(fds), ErrBadMsg
 		}
-		m, err := Unmarshal(c.buf[:MsgSize])
+		m, err := unmarshal(c.buf[:msgSize])
 		withFds := m.Cmd == CmdFds || m.Cmd == CmdConn
 		switch {
 		case err != nil, withFds != (len(fds) > 0),
 			m.Cmd == CmdFds && int(m.Arg) != len(fds),
-			m.Cmd == CmdConn && (len(fds) != 1 || int(m.Arg) != n-MsgSize),
-			m.Cmd != CmdConn && n != MsgSize:
+			m.Cmd == CmdConn && (len(fds) != 1 || int(m.Arg) != n-msgSize),
+			m.Cmd != CmdConn && n != msgSize:
 			return Msg{}, closeAll(fds), ErrBadMsg
 		}
 		c.n = n

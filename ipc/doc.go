@@ -6,7 +6,7 @@
 //
 // A channel is an AF_UNIX SOCK_SEQPACKET socketpair, so the kernel keeps message
 // boundaries and a message is delivered whole or not at all. Every message is
-// exactly MsgSize (16) bytes in host byte order:
+// exactly 16 bytes in host byte order:
 //
 //	offset 0  uint32  command (CmdFds, CmdReady, CmdDrain, CmdPing, CmdDraining, ...)
 //	offset 4  int32   pid of the sender

@@ -8,3 +8,10 @@ import "golang.org/x/sys/unix"
 func NewChannelRoom(fd, n int) *Channel {
 	return &Channel{Fd: fd, oob: make([]byte, unix.CmsgSpace(n*4))}
 }
+
+// The message format, for the tests of its encoding.
+const MsgSize = msgSize
+
+var Unmarshal = unmarshal
+
+func (m Msg) Marshal(b []byte) { m.marshal(b) }

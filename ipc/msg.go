@@ -6,8 +6,8 @@ import (
 	"fmt"
 )
 
-// MsgSize is the size in bytes of every message on a channel.
-const MsgSize = 16
+// msgSize is the size in bytes of every message on a channel.
+const msgSize = 16
 
 // MaxFds is the most descriptors one message carries (SCM_MAX_FD in the kernel).
 const MaxFds = 253
@@ -76,22 +76,22 @@ type Msg struct {
 	Arg  uint32
 }
 
-// ErrBadMsg reports a message that is not MsgSize bytes, names an unknown
+// ErrBadMsg reports a message of the wrong size, one that names an unknown
 // command, or whose fd count does not match what it carries.
 var ErrBadMsg = errors.New("ipc: malformed channel message")
 
-// Marshal writes m into b, which must hold MsgSize bytes.
-func (m Msg) Marshal(b []byte) {
-	_ = b[MsgSize-1]
+// marshal writes m into b, which must hold msgSize bytes.
+func (m Msg) marshal(b []byte) {
+	_ = b[msgSize-1]
 	binary.NativeEndian.PutUint32(b[0:], uint32(m.Cmd))
 	binary.NativeEndian.PutUint32(b[4:], uint32(m.Pid))
 	binary.NativeEndian.PutUint32(b[8:], uint32(m.Slot))
 	binary.NativeEndian.PutUint32(b[12:], m.Arg)
 }
 
-// Unmarshal parses b and checks that it is a well-formed message.
-func Unmarshal(b []byte) (Msg, error) {
-	if len(b) != MsgSize {
+// unmarshal parses b and checks that it is a well-formed message.
+func unmarshal(b []byte) (Msg, error) {
+	if len(b) != msgSize {
 		return Msg{}, ErrBadMsg
 	}
 	m := Msg{
