@@ -1,6 +1,10 @@
 package ipc
 
-import "golang.org/x/sys/unix"
+import (
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
 
 // NewChannelRoom is NewChannel with control space for only n fds, so that a
 // test can make the kernel truncate what arrives (MSG_CTRUNC). Use it only to
@@ -15,3 +19,5 @@ const MsgSize = msgSize
 var Unmarshal = unmarshal
 
 func (m Msg) Marshal(b []byte) { m.marshal(b) }
+
+func (p *SelfPipe) Raise(sig syscall.Signal) { p.raise(sig) }

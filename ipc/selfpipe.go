@@ -48,7 +48,7 @@ func (p *SelfPipe) forward() {
 		select {
 		case s := <-p.sigs:
 			if n, ok := s.(syscall.Signal); ok {
-				p.Raise(n)
+				p.raise(n)
 			}
 		case <-p.done:
 			return
@@ -59,10 +59,10 @@ func (p *SelfPipe) forward() {
 // Fd is the read end, to register for reading in the loop's poller.
 func (p *SelfPipe) Fd() int { return p.r }
 
-// Raise marks sig pending and wakes the loop, exactly as if it had been
+// raise marks sig pending and wakes the loop, exactly as if it had been
 // delivered: what the signal forwarder calls, and what a caller may use to
 // inject a signal. Not after Close, whose fds may have been reused by then.
-func (p *SelfPipe) Raise(sig syscall.Signal) {
+func (p *SelfPipe) raise(sig syscall.Signal) {
 	if sig <= 0 || sig >= 64 {
 		return
 	}

@@ -8,3 +8,5 @@ var (
 	Somaxconn   = somaxconn
 	TakePidfile = takePidfile
 )
+
+func (p *Pidfile) Release() { p.handOver() }

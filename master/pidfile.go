@@ -154,8 +154,8 @@ func (p *Pidfile) Write(pid int) error {
 	return nil
 }
 
-// Release unlocks the file and leaves it in place, for a successor.
-func (p *Pidfile) Release() {
+// handOver unlocks the file and leaves it in place, for a successor.
+func (p *Pidfile) handOver() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.release()

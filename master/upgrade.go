@@ -75,7 +75,7 @@ func (m *Master) onUpgradeReady() {
 		if err := m.cfg.Pidfile.Write(m.upgradePid); err != nil {
 			m.log.Error("upgrade: pidfile", "err", err)
 		}
-		m.cfg.Pidfile.Release()
+		m.cfg.Pidfile.handOver()
 	}
 	m.stop(graceful)
 }
