@@ -37,10 +37,12 @@ func clientPorts(conns []*clientConn) map[int]bool {
 }
 
 // TestRoundRobin opens 100 connections one by one against two children and
-// finds exactly 50 accepted sockets in each.
+// finds exactly 50 accepted sockets in each. The stall rule is off: on a
+// loaded machine it may rightly deal around a child that was not scheduled
+// for 20 ms, and this test is about the order, not about stalls.
 func TestRoundRobin(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, "-workers=2")
+	s := startServer(t, "-workers=2", "-stall=0")
 	kids := s.waitReady(2)
 	const n = 100
 	conns := openConns(t, s, n)

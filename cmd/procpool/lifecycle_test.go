@@ -14,10 +14,10 @@ import (
 
 // TestChildRespawn kills a child with SIGKILL: service goes on at once, a
 // replacement appears for the slot, and it takes its share of new
-// connections.
+// connections (exactly: the stall rule is off, as in TestRoundRobin).
 func TestChildRespawn(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, "-workers=2")
+	s := startServer(t, "-workers=2", "-stall=0")
 	kids := s.waitReady(2)
 	before := s.children()
 	if !slices.Equal(before, sortedPids(kids)) {
