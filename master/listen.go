@@ -78,14 +78,33 @@ func bind(addr string, reuseaddr, reuseport bool) (int, error) {
 	return fd, nil
 }
 
-func resolve(addr string) (netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("listen address %q: %v", addr, err)
+// CheckListen checks the form of a listen address, unix:PATH or host:port
+// with a port from 0 to 65535, without resolving the host: the address
+// Listen (or ListenUnix) would not even try.
+func CheckListen(addr string) error {
+	if UnixPath(addr) != "" {
+		return nil
 	}
-	p, err := strconv.ParseUint(port, 10, 16)
+	_, _, err := splitListen(addr)
+	return err
+}
+
+func splitListen(addr string) (host string, port uint16, err error) {
+	host, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("listen address %q: bad port %q", addr, port)
+		return "", 0, fmt.Errorf("listen address %q: %v", addr, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("listen address %q: bad port %q", addr, p)
+	}
+	return host, uint16(n), nil
+}
+
+func resolve(addr string) (netip.AddrPort, error) {
+	host, p, err := splitListen(addr)
+	if err != nil {
+		return netip.AddrPort{}, err
 	}
 	if host == "" {
 		host = "0.0.0.0"
@@ -98,7 +117,7 @@ func resolve(addr string) (netip.AddrPort, error) {
 		}
 		ip, _ = netip.AddrFromSlice(ips[0])
 	}
-	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
+	return netip.AddrPortFrom(ip.Unmap(), p), nil
 }
 
 // somaxconn is the kernel's cap on a listen backlog.

@@ -190,6 +190,8 @@ func TestUsageMessages(t *testing.T) {
 		{[]string{"-grace", "10"}, `-grace: want a duration with a unit, such as 10s, 500ms or 1m30s, got "10"` + h},
 		{[]string{"-bogus"}, "unknown flag -bogus" + h},
 		{[]string{"-listen"}, "-listen needs a value" + h},
+		{[]string{"-listen", "::1:80"}, `-listen: listen address "::1:80": address ::1:80: too many colons in address`},
+		{[]string{"-listen", "127.0.0.1:http"}, `-listen: listen address "127.0.0.1:http": bad port "http"`},
 		{[]string{"-affinity", "false"}, "-affinity is a boolean flag: write -affinity=false, not -affinity false" + h},
 		{[]string{"-affinity=maybe"}, `-affinity: want true or false, got "maybe"` + h},
 		{[]string{"serve"}, `unexpected argument "serve": flags come before any other argument, and procpool takes none` + h},

@@ -352,7 +352,7 @@ func (s *settings) validate() error {
 	if err := s.lb.validate(s.listen, s.mode); err != nil {
 		return err
 	}
-	if _, _, err := splitAddr(s.listen); err != nil && master.UnixPath(s.listen) == "" {
+	if err := master.CheckListen(s.listen); err != nil {
 		return bad("listen", "-listen: %v", err)
 	}
 	if s.user != "" && s.mode == master.ModeReuseport {
@@ -397,18 +397,6 @@ func checkAdmin(addr string, public bool) error {
 		return fmt.Errorf("-admin %s is not a loopback address, and %s", addr, why)
 	}
 	return nil
-}
-
-func splitAddr(addr string) (string, int, error) {
-	i := strings.LastIndexByte(addr, ':')
-	if i < 0 {
-		return "", 0, fmt.Errorf("want host:port, got %q", addr)
-	}
-	port, err := strconv.Atoi(addr[i+1:])
-	if err != nil || port < 0 || port > 65535 {
-		return "", 0, fmt.Errorf("bad port in %q", addr)
-	}
-	return addr[:i], port, nil
 }
 
 // childArgs are the flags a child is started with: every effective value a
