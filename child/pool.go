@@ -2,7 +2,9 @@ package child
 
 import (
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +23,8 @@ type pool struct {
 	backlog []*conn
 	loop    *loop
 	quit    chan struct{} // closed when the pool stops: Response.Done fires
+	unread  atomic.Int32  // results in done that the loop has not taken
+	woken   atomic.Bool   // the eventfd has been written since the loop last read it
 	wg      sync.WaitGroup
 }
 
@@ -86,7 +90,21 @@ func (p *pool) worker(s *session) {
 		if s.alog != nil {
 			s.alog.tick(s.clk.now)
 		}
+		p.unread.Add(1)
 		p.done <- finished{c, a}
+		p.wakeLoop(one)
+	}
+}
+
+// wakeLoop tells the loop that results wait, unless it has been told
+// already or has taken them meanwhile. The worker yields first, so that
+// the other workers that are ready finish before the loop wakes: in a
+// pinned child the loop and the workers share one CPU, and a wake for
+// every result would have the woken loop preempt the workers' thread after
+// each request, the two taking turns once per request.
+func (p *pool) wakeLoop(one []byte) {
+	runtime.Gosched()
+	if p.unread.Load() > 0 && !p.woken.Swap(true) {
 		// EAGAIN would mean the counter is full, so a wake is pending anyway.
 		unix.Write(p.wake, one)
 	}
@@ -107,9 +125,13 @@ func (p *pool) submit(c *conn) {
 func (p *pool) collect() {
 	var buf [8]byte
 	unix.Read(p.wake, buf[:])
+	// Cleared after the read: a worker that finds it set has sent its
+	// result before this, and the loop takes it below.
+	p.woken.Store(false)
 	for {
 		select {
 		case f := <-p.done:
+			p.unread.Add(-1)
 			f.c.busy = false
 			p.loop.apply(f.c, f.a)
 			continue
