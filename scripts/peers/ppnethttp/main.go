@@ -9,11 +9,9 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 
 	"github.com/procpool/procpool/child"
 	"github.com/procpool/procpool/child/nethttp"
-	"github.com/procpool/procpool/ipc"
 	"github.com/procpool/procpool/master"
 	"github.com/procpool/procpool/scripts/peers/hellomux"
 )
@@ -27,8 +25,8 @@ func main() {
 	pool := flag.Int("pool", 0, "worker goroutines per child (0: nethttp.DefaultPool)")
 	flag.Parse()
 
-	if slot, ok := master.ChildSlot(); ok {
-		os.Exit(runChild(slot, *mode, *listen, *pool))
+	if _, ok := master.ChildSlot(); ok {
+		os.Exit(runChild(*mode, *pool))
 	}
 	err := master.Run(master.Config{
 		Listen: *listen, Workers: *workers, Mode: *mode, Affinity: *affinity,
@@ -40,23 +38,15 @@ func main() {
 	}
 }
 
-func runChild(slot int, mode, listen string, pool int) int {
-	cfg := child.Config{Channel: master.ChannelFd, Slot: slot, Listener: -1, Pool: pool}
-	// The master watches its children's progress in their stats cells.
-	if cell, err := strconv.Atoi(os.Getenv(master.EnvCell)); err == nil && cell >= 0 && cell < ipc.Cells {
-		stats, err := ipc.OpenStats(master.StatsFd)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "ppnethttp child:", err)
-			return 2
-		}
-		cfg.Stats = stats.Cell(cell)
+func runChild(mode string, pool int) int {
+	c, err := master.OpenChild()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ppnethttp child:", err)
+		return 2
 	}
+	cfg := child.Config{Channel: c.Channel, Slot: c.Slot, Stats: c.Stats, Listener: -1, Pool: pool}
 	if mode == master.ModeReuseport {
-		addr := os.Getenv(master.EnvListen)
-		if addr == "" {
-			addr = listen
-		}
-		fd, err := master.Listen(addr, 0, true)
+		fd, err := master.Listen(c.Listen, 0, true)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "ppnethttp child:", err)
 			return 2
