@@ -125,7 +125,7 @@ func (m *Master) overdue(now time.Time) {
 	for _, k := range m.kids {
 		if k.state == draining && !k.retireBy.IsZero() && now.After(k.retireBy) && !k.killed {
 			m.log.Warn("killing a retired child past its grace period", "pid", k.pid, "slot", k.slot, "gen", k.gen)
-			unix.Kill(k.pid, unix.SIGKILL)
+			m.sys.kill(k.pid, unix.SIGKILL)
 			k.killed = true
 		}
 	}

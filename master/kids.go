@@ -325,7 +325,7 @@ func (m *Master) onChannel(k *kid, ev *epoll.Event) {
 				unix.Close(fd)
 			}
 			m.poller.Delete(k.ch.Fd)
-			unix.Kill(k.pid, unix.SIGKILL)
+			m.sys.kill(k.pid, unix.SIGKILL)
 			k.killed = true
 			m.retire(k)
 			return

@@ -143,7 +143,7 @@ func (m *Master) watch(k *kid, now int64) {
 	if m.cfg.Watchdog > 0 && stalled >= m.cfg.Watchdog {
 		m.log.Error("watchdog: killing a stalled child", append([]any{"pid", k.pid, "slot", k.slot,
 			"stalled", stalled.Round(time.Millisecond)}, m.stuck(k, now)...)...)
-		unix.Kill(k.pid, unix.SIGKILL)
+		m.sys.kill(k.pid, unix.SIGKILL)
 		k.killed, k.hung = true, true
 		if k.slot < len(m.slots) {
 			m.slots[k.slot].watchdogKills++
