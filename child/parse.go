@@ -304,12 +304,8 @@ func (h *headerFacts) field(line []byte, r *Request) int {
 // which the list syntax tolerates but no sender has a reason to produce.
 func (h *headerFacts) contentLength(v []byte) int {
 	for {
-		item := v
-		i := bytes.IndexByte(v, ',')
-		if i >= 0 {
-			item, v = v[:i], v[i+1:]
-		}
-		item = trimOWS(item)
+		item, rest, last := nextItem(v)
+		v = rest
 		if len(item) == 0 || len(item) > 18 {
 			return 400
 		}
@@ -324,7 +320,7 @@ func (h *headerFacts) contentLength(v []byte) int {
 			return 400
 		}
 		h.hasLength, h.length = true, n
-		if i < 0 {
+		if last {
 			return 0
 		}
 	}
@@ -333,12 +329,8 @@ func (h *headerFacts) contentLength(v []byte) int {
 func (h *headerFacts) transferEncoding(v []byte) {
 	h.hasTE = true
 	for {
-		item := v
-		i := bytes.IndexByte(v, ',')
-		if i >= 0 {
-			item, v = v[:i], v[i+1:]
-		}
-		item = trimOWS(item)
+		item, rest, last := nextItem(v)
+		v = rest
 		switch {
 		case len(item) == 0:
 			h.teBad = true
@@ -354,7 +346,7 @@ func (h *headerFacts) transferEncoding(v []byte) {
 			h.teUnknown = true
 			h.chunked = false
 		}
-		if i < 0 {
+		if last {
 			return
 		}
 	}

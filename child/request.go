@@ -89,18 +89,24 @@ func lower(c byte) byte {
 // (case-insensitive), as in Connection: keep-alive, Upgrade.
 func hasToken(v []byte, t string) bool {
 	for len(v) > 0 {
-		i := bytes.IndexByte(v, ',')
 		var item []byte
-		if i < 0 {
-			item, v = v, nil
-		} else {
-			item, v = v[:i], v[i+1:]
-		}
-		if equalFold(trimOWS(item), t) {
+		item, v, _ = nextItem(v)
+		if equalFold(item, t) {
 			return true
 		}
 	}
 	return false
+}
+
+// nextItem splits the first element off a comma-separated list: the item,
+// without the whitespace around it, and the rest of the list; last is set
+// when no comma followed the item.
+func nextItem(v []byte) (item, rest []byte, last bool) {
+	i := bytes.IndexByte(v, ',')
+	if i < 0 {
+		return trimOWS(v), nil, true
+	}
+	return trimOWS(v[:i]), v[i+1:], false
 }
 
 func trimOWS(b []byte) []byte {
