@@ -89,7 +89,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		}
 		s.resp.reset()
 		s.resp.begin(s, c, out) // a raw response may send itself (stream.go)
-		claimed := s.st.Begin(s.clk.now.UnixNano(), s.req.Method, s.req.Path, s.shared)
+		claimed := s.st.BeginFrom(s.clk.now.UnixNano(), s.req.Method, s.req.Path, c.knownRemote(), s.shared)
 		s.h.Serve(&s.resp, &s.req)
 		s.st.End(claimed, s.shared)
 		// Draining is checked again: in pool mode a drain can arrive while

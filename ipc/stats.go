@@ -1,7 +1,9 @@
 package ipc
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"unsafe"
@@ -53,6 +55,10 @@ type Cell struct {
 	ReqStart   atomic.Int64
 	ReqMethod  [8]byte
 	ReqPath    [48]byte
+	// ReqClient is the request's client, when the child knows it (a PROXY
+	// header, or the access log, had it look): its address as 16 bytes
+	// (IPv4 mapped) and its port, big-endian; zero when unknown.
+	ReqClient [18]byte
 }
 
 var _ [CellSize - unsafe.Sizeof(Cell{})]byte // a Cell must fit its slot
@@ -126,6 +132,7 @@ func (s *Stats) Reset(i int) {
 	c.ReqStart.Store(0)
 	c.ReqMethod = [8]byte{}
 	c.ReqPath = [48]byte{}
+	c.ReqClient = [18]byte{}
 }
 
 // Begin records that a request entered its handler at now (unix ns). It
@@ -134,6 +141,11 @@ func (s *Stats) Reset(i int) {
 // (pool workers) may call Begin at the same time; the loop of an inline
 // child is alone and pays no locked instruction.
 func (c *Cell) Begin(now int64, method, path []byte, shared bool) bool {
+	return c.BeginFrom(now, method, path, netip.AddrPort{}, shared)
+}
+
+// BeginFrom is Begin for a request whose client is known.
+func (c *Cell) BeginFrom(now int64, method, path []byte, client netip.AddrPort, shared bool) bool {
 	if !shared {
 		c.InFlight.Store(1)
 		c.ReqStart.Store(-1)
@@ -148,6 +160,12 @@ func (c *Cell) Begin(now int64, method, path []byte, shared bool) bool {
 	copy(c.ReqMethod[:], method)
 	n := copy(c.ReqPath[:], path)
 	clear(c.ReqPath[n:])
+	c.ReqClient = [18]byte{}
+	if client.IsValid() {
+		a := client.Addr().As16()
+		copy(c.ReqClient[:], a[:])
+		binary.BigEndian.PutUint16(c.ReqClient[16:], client.Port())
+	}
 	c.ReqStart.Store(now)
 	return true
 }
@@ -177,6 +195,20 @@ func (c *Cell) Current() (method, path string, start int64, ok bool) {
 		return "", "", 0, false
 	}
 	return cstring(m[:]), cstring(p[:]), start, true
+}
+
+// CurrentClient is the client of the request Current describes; invalid
+// when none is running, it changed while being read, or it is unknown.
+func (c *Cell) CurrentClient() netip.AddrPort {
+	start := c.ReqStart.Load()
+	if start <= 0 {
+		return netip.AddrPort{}
+	}
+	b := c.ReqClient
+	if c.ReqStart.Load() != start || b == [18]byte{} {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[:16])).Unmap(), binary.BigEndian.Uint16(b[16:]))
 }
 
 func cstring(b []byte) string {

@@ -295,6 +295,7 @@ type RequestStatus struct {
 	Method string  `json:"method"`
 	Path   string  `json:"path"`
 	Age    float64 `json:"age_seconds"`
+	Client string  `json:"client,omitempty"` // when the child knows it (ready.go)
 }
 
 // Status is the document /status serves.
@@ -365,6 +366,7 @@ func (a *admin) progress(cs *ChildStatus, c childView) {
 	cs.WatchdogKills = c.watchdogKills
 	cs.InFlight = cell.InFlight.Load()
 	if method, path, start, ok := cell.Current(); ok {
-		cs.Request = &RequestStatus{Method: method, Path: path, Age: time.Duration(now - start).Seconds()}
+		cs.Request = &RequestStatus{Method: method, Path: path, Age: time.Duration(now - start).Seconds(),
+			Client: clientOf(cell)}
 	}
 }

@@ -115,3 +115,20 @@ func serveHealth(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write([]byte("ok\n"))
 }
+
+// clientOf is the client of the request a child published, for /status;
+// "" when it does not know it.
+func clientOf(cell *ipc.Cell) string {
+	if c := cell.CurrentClient(); c.IsValid() {
+		return c.String()
+	}
+	return ""
+}
+
+// clientDesc is the same for a log line: nothing when unknown.
+func clientDesc(cell *ipc.Cell) []any {
+	if c := clientOf(cell); c != "" {
+		return []any{"client", c}
+	}
+	return nil
+}

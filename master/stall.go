@@ -158,7 +158,8 @@ func (m *Master) stuck(k *kid, now int64) []any {
 	if !ok {
 		return []any{"request", "none"}
 	}
-	return []any{"method", method, "path", path, "request_age", time.Duration(now - start).Round(time.Millisecond)}
+	return append([]any{"method", method, "path", path, "request_age", time.Duration(now - start).Round(time.Millisecond)},
+		clientDesc(m.stats.Cell(k.cell))...)
 }
 
 // takeBack takes every message still queued in k's channel out of the

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -457,5 +458,47 @@ func TestDefaultWorkersFollowTheContainer(t *testing.T) {
 				t.Errorf("GET /: %q", r.body)
 			}
 		})
+	}
+}
+
+// The request a child is busy with shows, in /status, the client a
+// balancer's PROXY header named.
+func TestStatusShowsProxyClient(t *testing.T) {
+	t.Parallel()
+	bin := variantBin(t, "procpool_sleeptest")
+	s := startServerWith(t, useBin(bin), "-workers=1", "-proxy-protocol", "-proxy-from=127.0.0.2", "-admin=127.0.0.1:0")
+	admin := adminAddr(t, s)
+	s.waitReady(1)
+	c := dialFrom(t, s.addr, "127.0.0.2")
+	if _, err := c.Write([]byte("PROXY TCP4 198.51.100.7 127.0.0.1 40001 80\r\nGET /sleep/1500 HTTP/1.1\r\nHost: lb\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Children []struct {
+			Request *struct {
+				Path   string `json:"path"`
+				Client string `json:"client"`
+			} `json:"request"`
+		} `json:"children"`
+	}
+	var seen string
+	found := pollFor(ioTimeout, func() bool {
+		body, err := adminGet(admin, "/status")
+		if err != nil || json.Unmarshal([]byte(body), &doc) != nil {
+			return false
+		}
+		for _, k := range doc.Children {
+			if k.Request != nil && k.Request.Path == "/sleep/1500" {
+				seen = k.Request.Client
+				return true
+			}
+		}
+		return false
+	})
+	if !found || seen != "198.51.100.7:40001" {
+		t.Errorf("/status request client %q (found %v), want 198.51.100.7:40001", seen, found)
+	}
+	if r, err := c.readResponse(); err != nil || r.body != "slept\n" {
+		t.Errorf("the slow request: %+v, %v", r, err)
 	}
 }
