@@ -157,8 +157,7 @@ func TestRecycleMaxRequests(t *testing.T) {
 // -max-rss recycles a child whose handler leaks.
 func TestRecycleMaxRSS(t *testing.T) {
 	t.Parallel()
-	bin := variantBin(t, "procpool_sleeptest")
-	s := startServerWith(t, useBin(bin), "-workers=1", "-affinity=false", "-max-rss=64M", "-recycle-jitter=0")
+	s := sleepServer(t, "-workers=1", "-affinity=false", "-max-rss=64M", "-recycle-jitter=0")
 	kid := kidPids(s.waitReady(1))[0]
 	c := s.dial(t)
 	for range 10 { // 80 MiB

@@ -474,6 +474,13 @@ func crashServer(t *testing.T, status int, slots string, args ...string) *server
 	return startServerWith(t, useBin(variantBin(t, "procpool_crashtest"), env...), args...)
 }
 
+// sleepServer starts the build with sleephook.go, whose children also
+// serve /sleep/N, /burn/N and /leak/N.
+func sleepServer(t *testing.T, args ...string) *server {
+	t.Helper()
+	return startServerWith(t, useBin(variantBin(t, "procpool_sleeptest")), args...)
+}
+
 // deadPid runs the binary with -h and returns its pid, which is then dead.
 func deadPid(t *testing.T) int {
 	t.Helper()

@@ -182,8 +182,7 @@ func TestChildSIGTERMResetsNothing(t *testing.T) {
 // by a watchdog of 500 ms.
 func TestBusyChildrenAreNotKilled(t *testing.T) {
 	t.Parallel()
-	bin := variantBin(t, "procpool_sleeptest")
-	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-watchdog=500ms", "-admin=127.0.0.1:0")
+	s := sleepServer(t, "-workers=2", "-affinity=false", "-watchdog=500ms", "-admin=127.0.0.1:0")
 	admin := adminAddr(t, s)
 	kids := s.waitReady(2)
 	time.Sleep(1500 * time.Millisecond) // idle children sleep in epoll_wait for up to a second
@@ -241,8 +240,7 @@ func samePids(a, b []int) bool {
 // that arrived meanwhile were served by the other child.
 func TestWatchdogKillsStuckChild(t *testing.T) {
 	t.Parallel()
-	bin := variantBin(t, "procpool_sleeptest")
-	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-watchdog=300ms", "-admin=127.0.0.1:0")
+	s := sleepServer(t, "-workers=2", "-affinity=false", "-watchdog=300ms", "-admin=127.0.0.1:0")
 	admin := adminAddr(t, s)
 	s.waitReady(2)
 	stuck := make(chan error, 1)
