@@ -502,3 +502,47 @@ func TestStatusShowsProxyClient(t *testing.T) {
 		t.Errorf("the slow request: %+v, %v", r, err)
 	}
 }
+
+// A reload hands a balancer's keep-alive connections to the new children
+// with their client: the next request on each is logged under the address
+// its PROXY header gave, not the balancer's.
+func TestReloadKeepsProxyClient(t *testing.T) {
+	t.Parallel()
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	s := startServer(t, "-workers=2", "-affinity=false", "-proxy-protocol", "-proxy-from=127.0.0.2", "-access-log="+logPath)
+	s.waitReady(2)
+	headers := map[string]string{
+		"198.51.100.7": "PROXY TCP4 198.51.100.7 127.0.0.1 40001 80\r\n",
+		"2001:db8::9": "\r\n\r\n\x00\r\nQUIT\n\x21\x21\x00\x24" + string(net.ParseIP("2001:db8::9").To16()) +
+			string(net.ParseIP("::1").To16()) + "\xc3\x50\x00\x50",
+	}
+	conns := map[string]*clientConn{}
+	for client, h := range headers {
+		c := dialFrom(t, s.addr, "127.0.0.2")
+		if r, err := c.roundTrip(h + "GET /?before HTTP/1.1\r\nHost: lb\r\n\r\n"); err != nil || r.status != 200 {
+			t.Fatalf("%s before the reload: %+v, %v", client, r, err)
+		}
+		conns[client] = c
+	}
+	reloadAndWait(t, s, 0)
+	for client, c := range conns {
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		if r, err := c.roundTrip("GET /?after HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"); err != nil || r.status != 200 {
+			t.Fatalf("%s after the reload: %+v, %v (the connection did not survive the hand-back)", client, r, err)
+		}
+	}
+	re := regexp.MustCompile(`(?m)^(\S+) - - \S+ \S+ "GET /\?after `)
+	var got []string
+	pollFor(ioTimeout, func() bool {
+		b, _ := os.ReadFile(logPath)
+		got = got[:0]
+		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+			got = append(got, m[1])
+		}
+		return len(got) >= 2
+	})
+	if strings.Join(sorted(got), " ") != "198.51.100.7 2001:db8::9" {
+		b, _ := os.ReadFile(logPath)
+		t.Errorf("clients of the requests after the reload: %q, want 198.51.100.7 and 2001:db8::9; access log:\n%s", got, b)
+	}
+}
