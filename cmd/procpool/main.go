@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"time"
 
@@ -98,16 +99,15 @@ func runMaster(s *settings, stderr io.Writer) int {
 		defer pf.Remove()
 	}
 
-	upgradeReport := master.UpgradeReporter()
+	// Started by an upgrade: the master reports ready to the old one on this
+	// channel, then takes over its connections through it.
+	cfg.UpgradeFd = master.UpgradeChannel()
 	cfg.Ready = func(addr string) {
 		if report != nil {
 			report(nil)
 		}
-		if upgradeReport != nil {
-			upgradeReport()
-			if pf != nil {
-				go takePidfile(pf)
-			}
+		if cfg.UpgradeFd > 0 && pf != nil {
+			go takePidfile(pf) // the old master hands it over once it has heard
 		}
 		if pf == nil {
 			cfg.Log.Info("no -pidfile: procpool -s cannot find this master; signal it by pid, or start it with -pidfile FILE",
@@ -195,6 +195,7 @@ func (s *settings) masterConfig() (master.Config, error) {
 func runChild(s *settings, slot int) int {
 	from, err := master.OpenChild()
 	log := newLogger(s.logJSON).With("pid", os.Getpid(), "slot", slot, "gen", from.Gen)
+	slog.SetDefault(log) // what a handler writes with package log goes the same way
 	if err != nil {
 		log.Error("start", "err", err)
 		return exitFatal
