@@ -99,15 +99,16 @@ func runMaster(s *settings, stderr io.Writer) int {
 		defer pf.Remove()
 	}
 
-	// Started by an upgrade: the master reports ready to the old one on this
-	// channel, then takes over its connections through it.
-	cfg.UpgradeFd = master.UpgradeChannel()
+	upgradeReport := master.UpgradeReporter()
 	cfg.Ready = func(addr string) {
 		if report != nil {
 			report(nil)
 		}
-		if cfg.UpgradeFd > 0 && pf != nil {
-			go takePidfile(pf) // the old master hands it over once it has heard
+		if upgradeReport != nil {
+			upgradeReport()
+			if pf != nil {
+				go takePidfile(pf)
+			}
 		}
 		if pf == nil {
 			cfg.Log.Info("no -pidfile: procpool -s cannot find this master; signal it by pid, or start it with -pidfile FILE",
