@@ -107,8 +107,6 @@ type state struct {
 	fields  []field
 	head    []byte // a header being built
 	kvs     []keyValues
-	exclude []string
-	snap    http.Header
 	clen    [20]byte
 	dateBuf []byte
 	dateSec int64
@@ -128,17 +126,6 @@ func (st *state) copyBuf() []byte {
 		st.cbuf = make([]byte, 32<<10)
 	}
 	return st.cbuf
-}
-
-func (st *state) snapshot(h http.Header) http.Header {
-	if st.snap == nil {
-		st.snap = make(http.Header, len(h))
-	}
-	clear(st.snap)
-	for k, v := range h {
-		st.snap[k] = v
-	}
-	return st.snap
 }
 
 func (st *state) serve(h http.Handler, cw *child.Response, cr *child.Request) {
@@ -220,14 +207,9 @@ func (st *state) release() {
 	st.req = st.tmpl
 	st.rw.cw, st.rw.req = nil, nil
 	st.rw.w.Reset(io.Discard)
-	clear(st.fields)
 	st.fields = st.fields[:0]
 	clear(st.rw.handlerHeader)
-	if st.snap != nil {
-		clear(st.snap)
-	}
-	clear(st.exclude)
-	st.exclude = st.exclude[:0]
+	clear(st.rw.chunk.header)
 	if cap(st.scratch) > 64<<10 {
 		st.scratch = make([]byte, 0, 1024)
 	}

@@ -19,15 +19,12 @@ import (
 type perRequest struct {
 	url  url.URL
 	body body
-	vals [16]string // backing for the header values of most requests
 }
 
 // field locates a header field in the request's text.
 type field struct {
-	key, val  string // set once the text is a string
-	k0, k1    int    // canonical name in the scratch buffer
-	v0, v1    int    // value
-	canonical bool   // the name as sent is already canonical
+	k0, k1 int // canonical name in the scratch buffer
+	v0, v1 int // value
 }
 
 // buildRequest fills st.req from cr. It returns false when the target
@@ -42,7 +39,11 @@ func (st *state) buildRequest(cr *child.Request, cw *child.Response) bool {
 	b := append(st.scratch[:0], cr.Target...)
 	target := len(b)
 	fs := st.fields[:0]
+	mapped := 0 // fields that go into the map: all but Host and Transfer-Encoding
 	cr.Headers(func(name, value []byte) {
+		if !isField(name, "host") && !isField(name, "transfer-encoding") {
+			mapped++
+		}
 		f := field{k0: len(b)}
 		b = appendCanonical(b, name)
 		f.k1, f.v0 = len(b), len(b)
@@ -70,8 +71,11 @@ func (st *state) buildRequest(cr *child.Request, cw *child.Response) bool {
 	}
 	req.URL = &pr.url
 
-	h := make(http.Header, len(fs))
-	vals := pr.vals[:0:len(pr.vals)]
+	h := make(http.Header, mapped)
+	var vals []string
+	if mapped > 0 {
+		vals = make([]string, 0, mapped) // one backing array for the values
+	}
 	var host string
 	var chunked bool
 	for i := range fs {
@@ -91,12 +95,8 @@ func (st *state) buildRequest(cr *child.Request, cw *child.Response) bool {
 			h[k] = append(old[:len(old):len(old)], v)
 			continue
 		}
-		if len(vals) < cap(vals) {
-			vals = append(vals, v)
-			h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
-		} else {
-			h[k] = []string{v}
-		}
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	if chunked && req.ProtoMinor == 0 {
 		chunked = false // net/http ignores Transfer-Encoding in HTTP/1.0
@@ -134,6 +134,23 @@ func (st *state) buildRequest(cr *child.Request, cw *child.Response) bool {
 }
 
 var chunkedTE = []string{"chunked"}
+
+// isField compares a header name with a lower-case one, ASCII
+// case-insensitively.
+func isField(name []byte, lower string) bool {
+	if len(name) != len(lower) {
+		return false
+	}
+	for i, c := range name {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
 
 // appendCanonical appends name in the canonical form textproto gives it:
 // first letter and every letter after a hyphen upper case, the rest lower.

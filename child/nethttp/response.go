@@ -61,8 +61,9 @@ type response struct {
 
 type chunkWriter struct {
 	res         *response
-	header      http.Header // the header as WriteHeader saw it; nil when the handler never touched it
-	wroteHeader bool        // the header is in the child's response
+	header      sortedHeader // the header as WriteHeader saw it
+	owned       bool         // header is set (the handler touched the header)
+	wroteHeader bool         // the header is in the child's response
 	chunking    bool
 	werr        error
 }
@@ -79,17 +80,17 @@ func (w *response) reset(st *state, cw *child.Response, req *http.Request) {
 		wantsClose:       req.Close || valuesHaveToken(req.Header["Connection"], "close"),
 		trailers:         w.trailers[:0],
 		w:                w.w,
-		chunk:            chunkWriter{res: w},
+		chunk:            chunkWriter{res: w, header: w.chunk.header[:0]},
 	}
 	w.w.Reset(&w.chunk)
 }
 
 func (w *response) Header() http.Header {
-	if w.chunk.header == nil && w.wroteHeader && !w.chunk.wroteHeader {
+	if !w.chunk.owned && w.wroteHeader && !w.chunk.wroteHeader {
 		// Accessing the header between logically writing it and
 		// physically writing it means we need a snapshot of the logically
 		// written state.
-		w.chunk.header = w.st.snapshot(w.handlerHeader)
+		w.chunk.snapshot()
 	}
 	w.calledHeader = true
 	return w.handlerHeader
@@ -118,8 +119,8 @@ func (w *response) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	w.status = code
-	if w.calledHeader && w.chunk.header == nil {
-		w.chunk.header = w.st.snapshot(w.handlerHeader)
+	if w.calledHeader && !w.chunk.owned {
+		w.chunk.snapshot()
 	}
 	if cl := headerGet(w.handlerHeader, "Content-Length"); cl != "" {
 		v, err := strconv.ParseInt(cl, 10, 64)
@@ -271,51 +272,43 @@ func (cw *chunkWriter) writeHeader(p []byte) {
 	st := w.st
 	keepAlivesEnabled := !w.cw.Draining() // as if the server had SetKeepAlivesEnabled(false)
 
-	header := cw.header
-	owned := header != nil
-	if !owned {
-		header = w.handlerHeader
-	}
-	exclude := st.exclude[:0]
-	delHeader := func(key string) {
-		if owned {
-			header.Del(key)
-			return
-		}
-		if _, ok := header[key]; ok {
-			exclude = append(exclude, key)
-		}
-	}
+	// The snapshot WriteHeader took; empty when the handler never touched
+	// the header, and then so is the handler's map (net/http looks there).
+	header := &cw.header
+	delHeader := header.del
 	var set extraHeader
 
 	// Don't write out the fake "Trailer:foo" keys. See http.TrailerPrefix.
 	trailers := false
-	for k := range cw.header {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
-			exclude = append(exclude, k)
+	for i := 0; i < len(*header); i++ {
+		if k := (*header)[i].key; strings.HasPrefix(k, http.TrailerPrefix) {
+			header.del(k)
+			i--
 			trailers = true
 		}
 	}
-	for _, v := range cw.header["Trailer"] {
-		trailers = true
-		foreachHeaderElement(v, w.declareTrailer)
+	if vs, ok := header.values("Trailer"); ok {
+		for _, v := range vs {
+			trailers = true
+			foreachHeaderElement(v, w.declareTrailer)
+		}
 	}
 
-	te := headerGet(header, "Transfer-Encoding")
+	te := header.get("Transfer-Encoding")
 	hasTE := te != ""
 
 	// The handler is done and never sent a Content-Length, and this is the
 	// first and last write: set it, even to zero (not for 1xx/204/304,
 	// nor for a HEAD whose handler wrote nothing).
-	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !headerHas(header, "Content-Length") && (!w.isHEAD || len(p) > 0) {
+	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !header.has("Content-Length") && (!w.isHEAD || len(p) > 0) {
 		w.contentLength = int64(len(p))
 		set.contentLength = strconv.AppendInt(st.clen[:0], int64(len(p)), 10)
 	}
 
 	// HTTP/1.0 with keep-alive and a Content-Length: keep the connection.
 	if w.wants10KeepAlive && keepAlivesEnabled {
-		sentLength := headerGet(header, "Content-Length") != ""
-		if sentLength && headerGet(header, "Connection") == "keep-alive" {
+		sentLength := header.get("Content-Length") != ""
+		if sentLength && header.get("Connection") == "keep-alive" {
 			w.closeAfterReply = false
 		}
 	}
@@ -323,14 +316,14 @@ func (cw *chunkWriter) writeHeader(p []byte) {
 	hasCL := w.contentLength != -1
 
 	if w.wants10KeepAlive && (w.isHEAD || hasCL || !bodyAllowedForStatus(w.status)) {
-		if _, ok := header["Connection"]; !ok {
+		if !header.has("Connection") {
 			set.connection = "keep-alive"
 		}
 	} else if !w.is11 || w.wantsClose {
 		w.closeAfterReply = true
 	}
 
-	if headerGet(header, "Connection") == "close" || !keepAlivesEnabled {
+	if header.get("Connection") == "close" || !keepAlivesEnabled {
 		w.closeAfterReply = true
 	}
 
@@ -340,8 +333,8 @@ func (cw *chunkWriter) writeHeader(p []byte) {
 
 	code := w.status
 	if bodyAllowedForStatus(code) {
-		_, haveType := header["Content-Type"]
-		hasCE := len(header.Get("Content-Encoding")) > 0
+		haveType := header.has("Content-Type")
+		hasCE := len(header.get("Content-Encoding")) > 0
 		if !hasCE && !haveType && !hasTE && len(p) > 0 {
 			set.contentType = http.DetectContentType(p)
 		}
@@ -351,7 +344,7 @@ func (cw *chunkWriter) writeHeader(p []byte) {
 		}
 	}
 
-	if !headerHas(header, "Date") {
+	if !header.has("Date") {
 		set.date = st.date()
 	}
 
@@ -391,8 +384,8 @@ func (cw *chunkWriter) writeHeader(p []byte) {
 	}
 
 	delConnectionHeader := w.closeAfterReply &&
-		(!keepAlivesEnabled || !hasToken(headerGet(cw.header, "Connection"), "close")) &&
-		!isProtocolSwitchResponse(w.status, header)
+		(!keepAlivesEnabled || !hasToken(header.get("Connection"), "close")) &&
+		!isProtocolSwitchResponse(w.status, *header)
 	if delConnectionHeader {
 		delHeader("Connection")
 		if w.is11 {
@@ -401,8 +394,7 @@ func (cw *chunkWriter) writeHeader(p []byte) {
 	}
 
 	b := appendStatusLine(st.head[:0], w.is11, code)
-	st.exclude = exclude
-	b = st.appendHeader(b, cw.header, exclude)
+	b = header.append(b)
 	b = set.append(b)
 	b = append(b, "\r\n"...)
 	st.head = b
@@ -542,6 +534,80 @@ type keyValues struct {
 	values []string
 }
 
+func byKey(a, b keyValues) int { return strings.Compare(a.key, b.key) }
+
+// sortedHeader is a response header as WriteHeader saw it: its fields in
+// the order they are written. Lookups scan it (a response has a few
+// fields); keys are matched exactly, as net/http's map lookups are.
+type sortedHeader []keyValues
+
+// snapshot takes the handler's header as it is now (net/http clones it;
+// the values are shared here: a handler replaces them, Header.Set and Add
+// never write into them).
+func (cw *chunkWriter) snapshot() {
+	kvs := cw.header[:0]
+	for k, vv := range cw.res.handlerHeader {
+		kvs = append(kvs, keyValues{k, vv})
+	}
+	slices.SortFunc(kvs, byKey)
+	cw.header, cw.owned = kvs, true
+}
+
+func (h sortedHeader) values(key string) ([]string, bool) {
+	for i := range h {
+		if h[i].key == key {
+			return h[i].values, true
+		}
+	}
+	return nil, false
+}
+
+func (h sortedHeader) get(key string) string {
+	if v, _ := h.values(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (h sortedHeader) has(key string) bool {
+	_, ok := h.values(key)
+	return ok
+}
+
+func (h *sortedHeader) del(key string) {
+	for i := range *h {
+		if (*h)[i].key == key {
+			*h = slices.Delete(*h, i, i+1)
+			return
+		}
+	}
+}
+
+// append writes h as http.Header.WriteSubset would.
+func (h sortedHeader) append(b []byte) []byte {
+	for _, kv := range h {
+		b = appendField(b, kv)
+	}
+	return b
+}
+
+func appendField(b []byte, kv keyValues) []byte {
+	if !validHeaderFieldName(kv.key) {
+		return b // net/http drops what it cannot write
+	}
+	for _, v := range kv.values {
+		if strings.ContainsAny(v, "\r\n") {
+			v = newlineToSpace.Replace(v)
+		}
+		v = trimString(v)
+		b = append(b, kv.key...)
+		b = append(b, ": "...)
+		b = append(b, v...)
+		b = append(b, "\r\n"...)
+	}
+	return b
+}
+
 // appendHeader writes h in wire format as http.Header.WriteSubset does:
 // keys sorted, invalid names dropped, CR and LF in values turned into
 // spaces, values trimmed; keys in exclude are left out.
@@ -552,21 +618,9 @@ func (st *state) appendHeader(b []byte, h http.Header, exclude []string) []byte 
 			kvs = append(kvs, keyValues{k, vv})
 		}
 	}
-	slices.SortFunc(kvs, func(a, b keyValues) int { return strings.Compare(a.key, b.key) })
+	slices.SortFunc(kvs, byKey)
 	for _, kv := range kvs {
-		if !validHeaderFieldName(kv.key) {
-			continue
-		}
-		for _, v := range kv.values {
-			if strings.ContainsAny(v, "\r\n") {
-				v = newlineToSpace.Replace(v)
-			}
-			v = trimString(v)
-			b = append(b, kv.key...)
-			b = append(b, ": "...)
-			b = append(b, v...)
-			b = append(b, "\r\n"...)
-		}
+		b = appendField(b, kv)
 	}
 	clear(kvs)
 	st.kvs = kvs[:0]
@@ -609,9 +663,12 @@ func headerHas(h http.Header, key string) bool {
 	return ok
 }
 
-func isProtocolSwitchResponse(code int, h http.Header) bool {
-	return code == http.StatusSwitchingProtocols && h.Get("Upgrade") != "" &&
-		valuesHaveToken(h["Connection"], "Upgrade")
+func isProtocolSwitchResponse(code int, h sortedHeader) bool {
+	if code != http.StatusSwitchingProtocols || h.get("Upgrade") == "" {
+		return false
+	}
+	conn, _ := h.values("Connection")
+	return valuesHaveToken(conn, "Upgrade")
 }
 
 // foreachHeaderElement calls fn for each non-empty element of the list v.
