@@ -31,9 +31,10 @@ import (
 // that never opened it is retired and its slot is not respawned.
 //
 // A new master started by an upgrade (SIGUSR2): fd 3 the listening socket
-// (EnvInheritFd), fd 4 the write end of a pipe (EnvUpgradeFd) on which it
-// writes readyByte once its children serve; EOF without it is a failed
-// upgrade. A master detached by Daemonize: fd 3 (EnvDaemonFd), a pipe on
+// (EnvInheritFd), fd 4 its end of a SOCK_SEQPACKET channel to the old master
+// (EnvUpgradeFd), on which it writes readyByte once its children serve and
+// then receives the old generation's connections (handover.go); EOF without
+// the byte is a failed upgrade. A master detached by Daemonize: fd 3 (EnvDaemonFd), a pipe on
 // which it writes readyByte when serving, or why it cannot.
 
 // The fds a child finds open.
@@ -45,7 +46,7 @@ const (
 // The fds of a new master, by who started it.
 const (
 	upgradeListenFd = 3 // upgrade: the listening socket (or port reservation)
-	upgradeReadyFd  = 4 // upgrade: readyByte goes here
+	upgradeReadyFd  = 4 // upgrade: readyByte goes here, connections come back
 	daemonReportFd  = 3 // daemon: readyByte or the error text goes here
 )
 
@@ -183,8 +184,8 @@ func (m *Master) checkCells() {
 }
 
 // upgradeStart is what a new master is started with by an upgrade: lfd is
-// the listening socket it takes over, ready the write end of the pipe it
-// reports on.
+// the listening socket it takes over, ready its end of the channel it
+// reports on and takes connections from.
 func upgradeStart(null, lfd, ready int) (files []uintptr, env []string) {
 	files = make([]uintptr, upgradeReadyFd+1)
 	files[0], files[1], files[2] = uintptr(null), os.Stdout.Fd(), os.Stderr.Fd()

@@ -65,8 +65,8 @@ func TestUpgradeContract(t *testing.T) {
 		t.Error("InheritedListener does not take fd 3 exactly once")
 	}
 	t.Setenv(EnvUpgradeFd, "x")
-	if UpgradeReporter() != nil {
-		t.Error("a reporter on a bad fd")
+	if UpgradeChannel() != 0 {
+		t.Error("an upgrade channel on a bad fd")
 	}
 }
 

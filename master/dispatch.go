@@ -46,6 +46,10 @@ func (m *Master) accept() {
 // whose channel is full is skipped; its share goes to the next. What no
 // child can take stays queued for a later turn.
 func (m *Master) dispatch() {
+	if m.handover != nil {
+		m.forward() // upgraded: the new master deals them
+		return
+	}
 	for len(m.queue) > 0 {
 		dealt := 0
 		for _, fd := range m.queue {

@@ -112,9 +112,10 @@ func (m *Master) forget(fd int) {
 }
 
 // retireCmd is how a child is asked to go: hand its connections back while
-// some generation serves, close them when the whole server stops.
+// some generation serves (here, or a new master's after an upgrade), close
+// them when the whole server stops.
 func (m *Master) retireCmd() (ipc.Cmd, uint32) {
-	if m.stopBegun() {
+	if m.stopBegun() && m.handover == nil {
 		return ipc.CmdDrain, 0
 	}
 	return ipc.CmdRetire, uint32(min(m.cfg.Grace.Milliseconds(), 1<<31))

@@ -372,6 +372,7 @@ func (m *Master) retireOld() {
 	case m.announce:
 		m.announce = false
 		notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+		m.reportUpgraded() // after READY: the old master then hands MAINPID over
 		if m.cfg.Ready != nil {
 			m.cfg.Ready(m.addr)
 		}
@@ -447,7 +448,7 @@ func (m *Master) tellAll(cmd ipc.Cmd) {
 func (m *Master) retarget() {
 	defer m.publish()
 	m.targets = m.targets[:0]
-	if m.stopping == graceful {
+	if m.stopping == graceful && m.handover == nil {
 		for _, k := range m.kids {
 			if k.state != starting && !k.killed {
 				m.targets = append(m.targets, k)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/procpool/procpool/epoll"
 	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -436,10 +437,11 @@ func TestUpgradeHandshake(t *testing.T) {
 		}
 		// What the new master does once its children are ready.
 		t.Setenv(EnvUpgradeFd, strconv.Itoa(p.fd(t, upgradeReadyFd)))
-		UpgradeReporter()()
+		newer := &Master{upgradeIn: ipc.NewChannel(UpgradeChannel()), log: m.log}
+		newer.reportUpgraded()
 		m.onUpgradeReady()
-		if m.upgradeFd >= 0 || m.stopping != graceful {
-			t.Fatalf("after the new master's ready: upgrade fd %d, stopping %v", m.upgradeFd, m.stopping)
+		if m.upgradeFd >= 0 || m.stopping != graceful || m.handover == nil {
+			t.Fatalf("after the new master's ready: upgrade fd %d, stopping %v, hand-over %v", m.upgradeFd, m.stopping, m.handover)
 		}
 	})
 	t.Run("exits first", func(t *testing.T) {
@@ -489,7 +491,7 @@ func upgradeMaster(t *testing.T) (*Master, *fakeSys, []testKid) {
 	return m, f, kids
 }
 
-// fd is the test's copy of the process's fd n. UpgradeReporter closes it.
+// fd is the test's copy of the process's fd n; the caller owns it.
 func (p *fakeProc) fd(t *testing.T, n int) int {
 	t.Helper()
 	fd, ok := p.fds[n]
@@ -507,4 +509,42 @@ func pending(sigs ...syscall.Signal) ipc.Signals {
 		s |= 1 << uint(sig)
 	}
 	return s
+}
+
+// After an upgrade the old master retires its children with hand-back and
+// forwards what they give back, bytes and all, to the new master, which
+// queues it to deal to its own children.
+func TestUpgradeForwardsConnections(t *testing.T) {
+	m, f, kids := upgradeMaster(t)
+	m.upgrade()
+	p := f.procs[m.upgradePid]
+	newer := &Master{upgradeIn: ipc.NewChannel(p.fd(t, upgradeReadyFd)), log: m.log,
+		fds: make([]int, 0, ipc.MaxFds), carried: map[int][]byte{}}
+	defer newer.upgradeIn.Close()
+	newer.poller, _ = epoll.Open()
+	defer newer.poller.Close()
+	newer.reportUpgraded()
+	m.onUpgradeReady()
+	if _, cmds := kids[0].take(t); len(cmds) != 1 || cmds[0] != ipc.CmdRetire {
+		t.Fatalf("the old child was told %v, want retire (hand-back)", cmds)
+	}
+	plain, carried := conns(t, 1)[0], conns(t, 1)[0]
+	want := inodes(t, []int{plain, carried})
+	kids[0].far.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{plain})
+	kids[0].far.SendConn(ipc.Msg{}, carried, []byte("GET /x HT"))
+	m.onChannel(kids[0].kid, &epoll.Event{Events: epoll.In})
+	m.dispatch()
+	if len(m.queue) != 0 || m.forwarded != 2 {
+		t.Fatalf("old master: %d queued, %d forwarded; want 0, 2", len(m.queue), m.forwarded)
+	}
+	newer.onHandover()
+	if got := inodes(t, newer.queue); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("new master queued %v, want %v", got, want)
+	}
+	if string(newer.carried[newer.queue[1]]) != "GET /x HT" || len(newer.carried) != 1 {
+		t.Fatalf("new master's carried bytes: %v", newer.carried)
+	}
+	for _, fd := range newer.queue {
+		unix.Close(fd)
+	}
 }

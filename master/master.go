@@ -59,6 +59,10 @@ type Config struct {
 	// from an upgrade (the old master's) or from systemd socket activation.
 	// 0 means none.
 	ListenFd int
+	// UpgradeFd, in a master started by an upgrade, is its end of the
+	// channel to the old master (UpgradeChannel): it reports ready there,
+	// then receives the old generation's connections. 0 means none.
+	UpgradeFd int
 	// Exe and MasterArgs start a new master on SIGUSR2: the binary on disk
 	// and the command line this master was started with.
 	Exe        string
@@ -135,8 +139,16 @@ type Master struct {
 	rest      ipc.AcceptRest // out of fds: accepting rests
 
 	upgradePid      int
-	upgradeFd       int // read end of the new master's readiness pipe, -1 when none
+	upgradeFd       int // our end of the channel to a new master not yet ready, -1 when none
 	upgradeDeadline time.Time
+	// Hand-over (handover.go): in the old master, the channel to the new one
+	// once it is ready; in a new master, the channel from the old one.
+	handover     *ipc.Channel
+	handoverWait bool // waiting for room in handover
+	forwarded    int
+	upgradeIn    *ipc.Channel
+	adopted      int
+	pid          int
 
 	pending   ipc.Signals
 	stopping  stopKind
@@ -182,7 +194,7 @@ func start(cfg Config) (*Master, error) {
 	raiseNofile(cfg.Log)
 	m := &Master{cfg: cfg, log: cfg.Log, lfd: -1, null: -1, upgradeFd: -1, announce: true,
 		events: make([]epoll.Event, 128), fds: make([]int, 0, ipc.MaxFds), cpus: allowedCPUs(),
-		peerCh: ipc.NewChannel(-1), now: time.Now, sys: kernel, carried: map[int][]byte{}}
+		peerCh: ipc.NewChannel(-1), now: time.Now, sys: kernel, carried: map[int][]byte{}, pid: os.Getpid()}
 	var err error
 	if m.null, err = unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, os.NewSyscallError("open /dev/null", err)
@@ -202,6 +214,13 @@ func start(cfg Config) (*Master, error) {
 	if err = m.poller.Add(m.sig.Fd(), epoll.In); err != nil {
 		m.close()
 		return nil, err
+	}
+	if cfg.UpgradeFd > 0 {
+		m.upgradeIn = ipc.NewChannel(cfg.UpgradeFd)
+		if err = m.poller.Add(cfg.UpgradeFd, epoll.In); err != nil {
+			m.close()
+			return nil, err
+		}
 	}
 	switch {
 	case cfg.ListenFd > 0:
@@ -250,7 +269,7 @@ func (m *Master) loop() error {
 		now := m.now()
 		m.lbTurn(now)
 		if m.stopBegun() {
-			if len(m.kids) == 0 {
+			if len(m.kids) == 0 && (len(m.queue) == 0 || m.handover == nil || now.After(m.deadline)) {
 				m.log.Info("master stopped")
 				return m.stopErr()
 			}
@@ -278,6 +297,10 @@ func (m *Master) loop() error {
 				m.accept()
 			case fd == m.upgradeFd:
 				m.onUpgradeReady()
+			case m.handover != nil && fd == m.handover.Fd:
+				m.onHandoverRoom()
+			case m.upgradeIn != nil && fd == m.upgradeIn.Fd:
+				m.onHandover()
 			default:
 				if k := m.kidByChannel(fd); k != nil {
 					m.onChannel(k, ev)
@@ -422,6 +445,11 @@ func (m *Master) close() {
 	}
 	if m.upgradeFd >= 0 {
 		unix.Close(m.upgradeFd)
+	}
+	for _, ch := range []*ipc.Channel{m.handover, m.upgradeIn} {
+		if ch != nil {
+			ch.Close()
+		}
 	}
 	if m.admin != nil {
 		m.admin.stop()

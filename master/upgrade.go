@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/procpool/procpool/epoll"
+	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,9 +24,12 @@ func (m *Master) upgrade() {
 		m.log.Error("upgrade impossible: no listening socket or binary")
 		return
 	}
+	// A channel, not a pipe: the new master reports ready on it, and then
+	// receives the old generation's connections through it (handover.go).
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		m.log.Error("upgrade failed", "err", os.NewSyscallError("pipe2", err))
+	var err error
+	if p[0], p[1], err = ipc.Pair(); err != nil {
+		m.log.Error("upgrade failed", "err", err)
 		return
 	}
 	files, env := upgradeStart(m.null, m.lfd, p[1])
@@ -56,15 +60,17 @@ func (m *Master) onUpgradeReady() {
 	if err == unix.EINTR || err == unix.EAGAIN {
 		return
 	}
-	m.poller.Delete(m.upgradeFd)
-	unix.Close(m.upgradeFd)
+	fd := m.upgradeFd
+	m.poller.Delete(fd)
 	m.upgradeFd = -1
 	if n != 1 || b[0] != readyByte {
+		unix.Close(fd)
 		m.log.Error("upgrade failed: the new master exited before it was ready; still serving",
 			"new_pid", m.upgradePid)
 		return
 	}
 	m.log.Info("upgrade done, handing over", "new_pid", m.upgradePid)
+	m.handover = ipc.NewChannel(fd)
 	notify("MAINPID=" + strconv.Itoa(m.upgradePid))
 	// The new master is systemd's main process now, and says READY and
 	// STOPPING for the service. This one's stop is not the service's: with
@@ -151,17 +157,14 @@ func Upgraded() bool { return os.Getenv(EnvInheritFd) != "" }
 // upgrade; 0 when there is none (Config.ListenFd's none).
 func InheritedListener() int { return max(0, inheritedFd(EnvInheritFd)) }
 
-// UpgradeReporter returns, in a master started by an upgrade, the function
-// that tells the old master this one is ready; nil otherwise. Call it once,
-// and the function it returns at most once.
-func UpgradeReporter() func() {
+// UpgradeChannel takes, in a master started by an upgrade, its end of the
+// channel to the old master, for Config.UpgradeFd; 0 otherwise. Call it once.
+func UpgradeChannel() int {
 	fd := inheritedFd(EnvUpgradeFd)
 	if fd < 0 {
-		return nil
+		return 0
 	}
 	unix.CloseOnExec(fd)
-	return func() {
-		unix.Write(fd, []byte{readyByte})
-		unix.Close(fd)
-	}
+	unix.SetNonblock(fd, true)
+	return fd
 }

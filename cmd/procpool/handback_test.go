@@ -206,3 +206,47 @@ func TestRetiredChildGraceCutsTrickle(t *testing.T) {
 		t.Errorf("trickling connection after the retired child's grace: %v", err)
 	}
 }
+
+// An upgrade moves the keep-alive connections too: the old children hand
+// them back, the old master forwards them to the new one, and the clients
+// go on on the same connections. A failed upgrade moves nothing.
+func TestUpgradeKeepsConnections(t *testing.T) {
+	t.Parallel()
+	bin, pidfile := installed(t)
+	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-pidfile="+pidfile)
+	s.waitReady(2)
+	adopted := adoptedCleanup(t, s, pidfile)
+	conns := make([]*clientConn, 20)
+	for i := range conns {
+		conns[i] = s.dial(t)
+	}
+	ask := func(what string) {
+		t.Helper()
+		for i, c := range conns {
+			r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+			if err != nil || r.status != 200 || r.close {
+				t.Fatalf("%s, connection %d: %+v %v (the server closed a keep-alive connection)", what, i, r, err)
+			}
+		}
+	}
+	ask("before the upgrade")
+
+	if code, stderr := runToExit(t, "-s", "upgrade", "-pidfile", pidfile); code != 0 {
+		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
+	}
+	newPid := 0
+	if !pollFor(15*time.Second, func() bool {
+		if pid := pidfilePid(pidfile); newPid == 0 && pid != 0 && pid != s.pid {
+			if id, err := identify(pid); err == nil {
+				newPid, *adopted = pid, id
+			}
+		}
+		return newPid != 0 && s.hasExited()
+	}) {
+		t.Fatalf("upgrade not complete: pidfile holds %d, old master exited: %v; log:\n%s", pidfilePid(pidfile), s.hasExited(), s.log)
+	}
+	ask("after the upgrade, the old master gone")
+	if !strings.Contains(s.log.String(), `msg="child exited"`) || strings.Contains(s.log.String(), "closing those left") {
+		t.Errorf("old master's log:\n%s", s.log)
+	}
+}

@@ -99,16 +99,15 @@ func runMaster(s *settings, stderr io.Writer) int {
 		defer pf.Remove()
 	}
 
-	upgradeReport := master.UpgradeReporter()
+	// Started by an upgrade: the master reports ready to the old one on this
+	// channel, then takes over its connections through it.
+	cfg.UpgradeFd = master.UpgradeChannel()
 	cfg.Ready = func(addr string) {
 		if report != nil {
 			report(nil)
 		}
-		if upgradeReport != nil {
-			upgradeReport()
-			if pf != nil {
-				go takePidfile(pf)
-			}
+		if cfg.UpgradeFd > 0 && pf != nil {
+			go takePidfile(pf) // the old master hands it over once it has heard
 		}
 		if pf == nil {
 			cfg.Log.Info("no -pidfile: procpool -s cannot find this master; signal it by pid, or start it with -pidfile FILE",
