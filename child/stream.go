@@ -169,9 +169,12 @@ func waitWritable(fd int, timeout time.Duration) error {
 	}
 }
 
-// Draining reports whether the child has begun a graceful stop: the
-// connection closes after this response.
-func (w *Response) Draining() bool { return w.s != nil && w.s.draining.Load() }
+// Draining reports whether the connection closes after this response for
+// the child's sake: it has begun a graceful stop, or one has been announced
+// (the master's go-away). A raw response then says Connection: close.
+func (w *Response) Draining() bool {
+	return w.s != nil && (w.s.draining.Load() || w.s.goaway != nil && w.s.goaway.Load())
+}
 
 // Done returns a channel that is closed when the request is over for the
 // handler: it returned, the client closed or reset the connection, or the

@@ -272,6 +272,26 @@ func TestDrainLetsOrdinaryRequestsFinish(t *testing.T) {
 	}
 }
 
+// Once the master announces a stop (go-away), answers say Connection:
+// close, as net/http's do once keep-alives are off.
+func TestGoAwaySaysClose(t *testing.T) {
+	lc := startChild(t, child.Config{}, nethttp.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	})))
+	lc.send(t, ipc.CmdGoAway)
+	time.Sleep(50 * time.Millisecond)
+	nc := lc.dial(t)
+	io.WriteString(nc, get("/"))
+	br := bufio.NewReader(nc)
+	resp, body := readResp(t, br, "GET")
+	if body != "ok" || !resp.Close {
+		t.Errorf("body %q, close %v", body, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the answer: %v, want EOF", err)
+	}
+}
+
 // A fast stop cancels every waiting handler, so that the child can exit.
 func TestContextCancelledOnStop(t *testing.T) {
 	started, errs := make(chan struct{}), make(chan error, 1)
