@@ -75,24 +75,18 @@ func knownStatus(s int) bool {
 
 // validMethod and validTarget restate RFC 9110's tchar and RFC 3986's
 // request-target characters independently of the parser's tables.
-func validMethod(m []byte) bool {
-	if len(m) == 0 {
-		return false
-	}
-	for _, c := range m {
-		if !isAlnum(c) && !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
-			return false
-		}
-	}
-	return true
-}
+func validMethod(m []byte) bool { return alnumOr(m, "!#$%&'*+-.^_`|~") }
 
-func validTarget(t []byte) bool {
-	if len(t) == 0 {
+func validTarget(t []byte) bool { return alnumOr(t, "-._~:/?#[]@!$&'()*+,;=%") }
+
+// alnumOr reports whether b is not empty and holds only letters, digits and
+// the bytes of extra.
+func alnumOr(b []byte, extra string) bool {
+	if len(b) == 0 {
 		return false
 	}
-	for _, c := range t {
-		if !isAlnum(c) && !strings.ContainsRune("-._~:/?#[]@!$&'()*+,;=%", rune(c)) {
+	for _, c := range b {
+		if !isAlnum(c) && !strings.ContainsRune(extra, rune(c)) {
 			return false
 		}
 	}
