@@ -73,6 +73,8 @@ type admin struct {
 	rates   rates
 	done    chan struct{}
 	wg      sync.WaitGroup
+	ln      net.Listener // the listener itself, to pass on at an upgrade
+	file    *os.File     // its dup for a new master; nil until an upgrade asks
 }
 
 // Bounds of the admin listener: it runs in the master, often as root, with
@@ -92,21 +94,27 @@ func (m *Master) startAdmin(addr string) error {
 	network, address := "tcp", addr
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, address = "unix", p
-		if err := clearStaleSocket(p); err != nil {
-			return fmt.Errorf("-admin %s: %w", addr, err)
-		}
 	}
-	ln, err := net.Listen(network, address)
+	ln, err := inheritedAdmin(network, address)
+	if ln == nil && err == nil {
+		if network == "unix" {
+			if err := clearStaleSocket(address); err != nil {
+				return fmt.Errorf("-admin %s: %w", addr, err)
+			}
+		}
+		ln, err = net.Listen(network, address)
+	}
 	if err != nil {
 		return fmt.Errorf("-admin %s: %w", addr, err)
 	}
+	raw := ln
 	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() && !m.cfg.AdminPublic {
 		ln.Close()
 		return fmt.Errorf("-admin %s: listens on %s, beyond loopback, and the admin listener has no authentication: "+
 			"use a loopback address or unix:PATH, or allow it with -admin-public", addr, ta.IP)
 	}
 	ln = &capListener{Listener: ln, slots: make(chan struct{}, adminMaxConns)}
-	a := &admin{stats: m.stats, mode: m.cfg.Mode, started: time.Now(), done: make(chan struct{})}
+	a := &admin{stats: m.stats, mode: m.cfg.Mode, started: time.Now(), done: make(chan struct{}), ln: raw}
 	a.rates.last = map[int]sample{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", a.serveStatus)
@@ -189,6 +197,9 @@ func (c *capConn) Close() error {
 }
 
 func (a *admin) stop() {
+	if a.file != nil {
+		a.file.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	a.srv.Shutdown(ctx)
@@ -369,4 +380,62 @@ func (a *admin) progress(cs *ChildStatus, c childView) {
 		cs.Request = &RequestStatus{Method: method, Path: path, Age: time.Duration(now - start).Seconds(),
 			Client: clientOf(cell)}
 	}
+}
+
+// inheritedAdmin takes, in a master started by an upgrade, the admin
+// listener the old master passed on, when it serves the address asked for
+// (a port of 0 asks for any). The old master keeps serving on it until it
+// exits; a different address closes it and nil is returned: listen anew.
+func inheritedAdmin(network, address string) (net.Listener, error) {
+	fd := inheritedFd(EnvAdminFd)
+	if fd < 0 {
+		return nil, nil
+	}
+	f := os.NewFile(uintptr(fd), "admin")
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, nil // unusable: listen anew
+	}
+	if !sameAddr(ln.Addr(), network, address) {
+		ln.Close()
+		return nil, nil
+	}
+	return ln, nil
+}
+
+func sameAddr(a net.Addr, network, address string) bool {
+	if a.Network() != network {
+		return false
+	}
+	if network == "unix" {
+		return a.String() == address
+	}
+	want, err := net.ResolveTCPAddr("tcp", address)
+	got, ok := a.(*net.TCPAddr)
+	return err == nil && ok && got.IP.Equal(want.IP) && (want.Port == 0 || got.Port == want.Port)
+}
+
+// fd is the admin listener as a new master inherits it; -1 when there is
+// none. A Unix socket's path stays when this master closes it: the new
+// master serves on it.
+func (a *admin) fd() int {
+	if a == nil || a.ln == nil {
+		return -1
+	}
+	if a.file == nil {
+		f, ok := a.ln.(interface{ File() (*os.File, error) })
+		if !ok {
+			return -1
+		}
+		file, err := f.File()
+		if err != nil {
+			return -1
+		}
+		a.file = file
+		if u, ok := a.ln.(*net.UnixListener); ok {
+			u.SetUnlinkOnClose(false)
+		}
+	}
+	return int(a.file.Fd())
 }

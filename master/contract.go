@@ -34,7 +34,8 @@ import (
 // (EnvInheritFd), fd 4 its end of a SOCK_SEQPACKET channel to the old master
 // (EnvUpgradeFd), on which it writes readyByte once its children serve and
 // then receives the old generation's connections (handover.go); EOF without
-// the byte is a failed upgrade. A master detached by Daemonize: fd 3 (EnvDaemonFd), a pipe on
+// the byte is a failed upgrade. With -admin, fd 5 is the admin listener
+// (EnvAdminFd), which the new master serves on when its -admin is the same. A master detached by Daemonize: fd 3 (EnvDaemonFd), a pipe on
 // which it writes readyByte when serving, or why it cannot.
 
 // The fds a child finds open.
@@ -47,6 +48,7 @@ const (
 const (
 	upgradeListenFd = 3 // upgrade: the listening socket (or port reservation)
 	upgradeReadyFd  = 4 // upgrade: readyByte goes here, connections come back
+	upgradeAdminFd  = 5 // upgrade: the admin listener, when there is one
 	daemonReportFd  = 3 // daemon: readyByte or the error text goes here
 )
 
@@ -70,6 +72,9 @@ const (
 	// writes readyByte when its children are ready: the old master's cue
 	// to hand over and drain.
 	EnvUpgradeFd = "PROCPOOL_UPGRADE_FD"
+	// EnvAdminFd names the admin listener a master started by an upgrade
+	// takes over: two masters cannot both bind it.
+	EnvAdminFd = "PROCPOOL_ADMIN_FD"
 	// EnvDaemonFd names, in a detached master, the fd on which it reports
 	// to the process that started it.
 	EnvDaemonFd = "PROCPOOL_DAEMON_FD"
@@ -185,14 +190,18 @@ func (m *Master) checkCells() {
 
 // upgradeStart is what a new master is started with by an upgrade: lfd is
 // the listening socket it takes over, ready its end of the channel it
-// reports on and takes connections from.
-func upgradeStart(null, lfd, ready int) (files []uintptr, env []string) {
+// reports on and takes connections from, admin the admin listener (-1: none).
+func upgradeStart(null, lfd, ready, admin int) (files []uintptr, env []string) {
 	files = make([]uintptr, upgradeReadyFd+1)
 	files[0], files[1], files[2] = uintptr(null), os.Stdout.Fd(), os.Stderr.Fd()
 	files[upgradeListenFd] = uintptr(lfd)
 	files[upgradeReadyFd] = uintptr(ready)
 	env = append(environWithout("PROCPOOL_", "LISTEN_"),
 		EnvInheritFd+"="+strconv.Itoa(upgradeListenFd), EnvUpgradeFd+"="+strconv.Itoa(upgradeReadyFd))
+	if admin >= 0 {
+		files = append(files, uintptr(admin))
+		env = append(env, EnvAdminFd+"="+strconv.Itoa(upgradeAdminFd))
+	}
 	return files, env
 }
 

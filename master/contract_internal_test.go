@@ -52,7 +52,7 @@ func TestChildContract(t *testing.T) {
 func TestUpgradeContract(t *testing.T) {
 	t.Setenv("PROCPOOL_SLOT", "1")
 	t.Setenv("LISTEN_FDS", "1")
-	files, env := upgradeStart(10, 11, 12)
+	files, env := upgradeStart(10, 11, 12, -1)
 	if len(files) != upgradeReadyFd+1 || files[upgradeListenFd] != 11 || files[upgradeReadyFd] != 12 {
 		t.Fatalf("files %v", files)
 	}

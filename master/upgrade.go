@@ -32,7 +32,7 @@ func (m *Master) upgrade() {
 		m.log.Error("upgrade failed", "err", err)
 		return
 	}
-	files, env := upgradeStart(m.null, m.lfd, p[1])
+	files, env := upgradeStart(m.null, m.lfd, p[1], m.admin.fd())
 	attr := &syscall.ProcAttr{Env: env, Files: files}
 	argv := append([]string{MasterTitle}, m.cfg.MasterArgs...)
 	pid, err := m.sys.start(-1, false, m.cfg.Exe, argv, attr)

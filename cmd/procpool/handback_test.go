@@ -209,11 +209,13 @@ func TestRetiredChildGraceCutsTrickle(t *testing.T) {
 
 // An upgrade moves the keep-alive connections too: the old children hand
 // them back, the old master forwards them to the new one, and the clients
-// go on on the same connections. A failed upgrade moves nothing.
+// go on on the same connections. The new master serves the admin listener
+// it inherited, on the same address.
 func TestUpgradeKeepsConnections(t *testing.T) {
 	t.Parallel()
 	bin, pidfile := installed(t)
-	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-pidfile="+pidfile)
+	s := startServerWith(t, useBin(bin), "-workers=2", "-affinity=false", "-pidfile="+pidfile, "-admin=127.0.0.1:0")
+	admin := adminAddr(t, s)
 	s.waitReady(2)
 	adopted := adoptedCleanup(t, s, pidfile)
 	conns := make([]*clientConn, 20)
@@ -246,6 +248,9 @@ func TestUpgradeKeepsConnections(t *testing.T) {
 		t.Fatalf("upgrade not complete: pidfile holds %d, old master exited: %v; log:\n%s", pidfilePid(pidfile), s.hasExited(), s.log)
 	}
 	ask("after the upgrade, the old master gone")
+	if st := getStatus(t, admin); st.MasterPid != newPid {
+		t.Errorf("admin %s after the upgrade answers for master %d, want the new %d", admin, st.MasterPid, newPid)
+	}
 	if !strings.Contains(s.log.String(), `msg="child exited"`) || strings.Contains(s.log.String(), "closing those left") {
 		t.Errorf("old master's log:\n%s", s.log)
 	}
