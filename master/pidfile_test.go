@@ -199,10 +199,7 @@ func TestPidfileWrite(t *testing.T) {
 func TestPidfileRemove(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
-	p, err := master.CreatePidfile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mustCreate(t, path)
 	p.Remove()
 	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("after Remove: stat %v, want not exist", err)
@@ -229,10 +226,7 @@ func TestPidfileRemove(t *testing.T) {
 func TestPidfileReleaseKeepsFile(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
-	p, err := master.CreatePidfile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mustCreate(t, path)
 	if err := p.Write(777); err != nil {
 		t.Fatal(err)
 	}
@@ -425,10 +419,7 @@ func takeResult(t *testing.T, r took) *master.Pidfile {
 func TestTakePidfileWaitsForRelease(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
-	old, err := master.CreatePidfile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := mustCreate(t, path)
 	if err := old.Write(1111); err != nil {
 		t.Fatal(err)
 	}
@@ -484,10 +475,7 @@ func TestTakePidfileFree(t *testing.T) {
 func TestTakePidfileAfterHolderRemoves(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
-	old, err := master.CreatePidfile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := mustCreate(t, path)
 	taking := startTake(path)
 	if !waitBlockedFlock(t, path) {
 		old.Release()
@@ -556,10 +544,7 @@ func TestPidfileRefusesLinks(t *testing.T) {
 func TestPidfileRemoveSparesReplacement(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
-	p, err := master.CreatePidfile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mustCreate(t, path)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
