@@ -422,6 +422,9 @@ func helloExchange(tb testing.TB) func() {
 // Header().Set. The figure is logged; the bound only catches a regression
 // that reuse would have prevented.
 func TestAllocsPerRequest(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
 	run := helloExchange(t)
 	run()
 	allocs := testing.AllocsPerRun(1000, run)
