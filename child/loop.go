@@ -316,6 +316,9 @@ func (l *loop) register(fd int, carried []byte) {
 	l.conns[fd] = c
 	l.open++
 	l.cfg.Stats.Accepted.Add(1)
+	if carried == nil { // not handed on by another child (CmdConn)
+		l.cfg.Stats.Fresh.Add(1)
+	}
 	if len(carried) > 0 {
 		c.in = append(getBuf(len(carried)), carried...)
 		c.pending = true // served from c.in before anything is read

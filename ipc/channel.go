@@ -56,9 +56,8 @@ func (c *Channel) Send(m Msg, fds []int) error {
 	if len(fds) > MaxFds || (len(fds) > 0) != (m.Cmd == CmdFds) || m.Cmd == CmdConn {
 		return ErrBadMsg
 	}
-	m.Arg = uint32(len(fds))
-	if m.Cmd != CmdFds {
-		m.Arg = 0
+	if m.Cmd == CmdFds {
+		m.Arg = uint32(len(fds)) // other commands keep theirs (CmdRetire's grace)
 	}
 	return c.send(m, fds, nil)
 }

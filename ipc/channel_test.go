@@ -103,7 +103,8 @@ func TestSendRecvPlain(t *testing.T) {
 		if cmd == ipc.CmdConn {
 			continue // always carries a connection: TestSendConn
 		}
-		m := ipc.Msg{Cmd: cmd, Pid: int32(1000 + i), Slot: int32(i)}
+		// Arg travels as given: CmdRetire's is the grace period.
+		m := ipc.Msg{Cmd: cmd, Pid: int32(1000 + i), Slot: int32(i), Arg: uint32(100 * i)}
 		send(t, a, m, nil)
 		got, fds := recv(t, b)
 		if got != m || len(fds) != 0 {

@@ -51,6 +51,11 @@ type Cell struct {
 	// of those running that claimed the slot.
 	Turns      atomic.Uint64
 	HandedBack atomic.Uint64 // connections given back to the master when retired
+	// Fresh counts the connections taken from clients, not handed on from
+	// another child (Accepted counts both): summed over the pool it is the
+	// connections the server accepted, and it never goes backwards while a
+	// connection moves between children.
+	Fresh atomic.Uint64
 	InFlight   atomic.Int64
 	ReqStart   atomic.Int64
 	ReqMethod  [8]byte
@@ -128,6 +133,7 @@ func (s *Stats) Reset(i int) {
 	c.Timeouts.Store(0)
 	c.Turns.Store(0)
 	c.HandedBack.Store(0)
+	c.Fresh.Store(0)
 	c.InFlight.Store(0)
 	c.ReqStart.Store(0)
 	c.ReqMethod = [8]byte{}
@@ -231,7 +237,7 @@ type Snapshot struct {
 	Accepted, Closed, Requests, BytesIn, BytesOut uint64
 	Responses                                     [6]uint64
 	ParseErrors, Timeouts                         uint64
-	HandedBack                                    uint64
+	HandedBack, Fresh                             uint64
 }
 
 // Load copies the counters.
@@ -240,7 +246,7 @@ func (c *Cell) Load() Snapshot {
 		Accepted: c.Accepted.Load(), Closed: c.Closed.Load(), Requests: c.Requests.Load(),
 		BytesIn: c.BytesIn.Load(), BytesOut: c.BytesOut.Load(),
 		ParseErrors: c.ParseErrors.Load(), Timeouts: c.Timeouts.Load(),
-		HandedBack: c.HandedBack.Load(),
+		HandedBack: c.HandedBack.Load(), Fresh: c.Fresh.Load(),
 	}
 	for i := range c.Responses {
 		s.Responses[i] = c.Responses[i].Load()
@@ -261,4 +267,5 @@ func (s *Snapshot) Add(o Snapshot) {
 	s.ParseErrors += o.ParseErrors
 	s.Timeouts += o.Timeouts
 	s.HandedBack += o.HandedBack
+	s.Fresh += o.Fresh
 }

@@ -48,15 +48,14 @@ func (m *Master) takeConns(k *kid, msg ipc.Msg, fds []int) {
 // handedBack takes a connection a retired child sent back. carried is what
 // the child had already read from it; it is copied.
 func (m *Master) handedBack(k *kid, fd int, carried []byte) {
-	if len(carried) > 0 {
-		m.carried[fd] = append([]byte(nil), carried...)
-	}
+	m.carried[fd] = keep(carried)
 	m.queue = append(m.queue, fd)
 	k.handedBack++
 }
 
-// sendCarried sends k the connections of its batch that carry bytes, one
-// message each, and leaves the others in the batch. It reports false when
+// sendCarried sends k the connections of its batch that were handed back
+// (with the bytes they carry, if any), one message each, and leaves the
+// others in the batch. It reports false when
 // k's channel is full; what was not sent stays in the batch.
 func (m *Master) sendCarried(k *kid) bool {
 	if len(m.carried) == 0 {
@@ -104,6 +103,12 @@ func (m *Master) lastWords(k *kid) {
 		}
 	}
 }
+
+// keep copies what came with a handed-back connection. The copy is never
+// nil: an entry in Master.carried marks a connection as handed back, bytes
+// or none, so that its next child gets it as CmdConn and does not count it
+// as a fresh one.
+func keep(b []byte) []byte { return append(make([]byte, 0, len(b)), b...) }
 
 // forget closes a queued connection that nobody will serve.
 func (m *Master) forget(fd int) {

@@ -23,13 +23,10 @@ func (m *Master) forward() {
 	msg := ipc.Msg{Cmd: ipc.CmdFds, Pid: int32(m.pid)}
 	for len(m.queue) > 0 {
 		n, err := 1, error(nil)
-		if data, ok := m.carried[m.queue[0]]; ok {
+		if data := m.carried[m.queue[0]]; len(data) > 0 {
 			err = m.handover.SendConn(msg, m.queue[0], data)
 		} else {
-			for n < len(m.queue) && n < ipc.MaxFds {
-				if _, ok := m.carried[m.queue[n]]; ok {
-					break
-				}
+			for n < len(m.queue) && n < ipc.MaxFds && len(m.carried[m.queue[n]]) == 0 {
 				n++
 			}
 			err = m.handover.Send(msg, m.queue[:n])
@@ -94,9 +91,7 @@ func (m *Master) onHandover() {
 			carried = m.upgradeIn.Data()
 		}
 		for _, fd := range fds {
-			if len(carried) > 0 {
-				m.carried[fd] = append([]byte(nil), carried...)
-			}
+			m.carried[fd] = keep(carried) // handed on: not a new connection for our children
 			m.queue = append(m.queue, fd)
 		}
 		m.adopted += len(fds)

@@ -93,7 +93,7 @@ func writeTotals(w io.Writer, t ipc.Snapshot) {
 	}{
 		// A connection handed back at a reload is taken again by its next
 		// child; the server accepted it once.
-		{"procpool_accepted_connections_total", "Connections accepted, by all children past and present.", t.Accepted - t.HandedBack},
+		{"procpool_accepted_connections_total", "Connections accepted, by all children past and present.", t.Fresh},
 		{"procpool_handed_back_connections_total", "Keep-alive connections retired children handed back to be served on.", t.HandedBack},
 		{"procpool_requests_total", "Requests answered by all children, past and present.", t.Requests},
 		{"procpool_received_bytes_total", "Bytes read by all children, past and present.", t.BytesIn},

@@ -188,7 +188,7 @@ func (m *Master) takeBack(k *kid) int {
 			taken = append(taken, fds...)
 		case ipc.CmdConn:
 			taken = append(taken, fds...)
-			m.carried[fds[0]] = append([]byte(nil), m.peerCh.Data()...)
+			m.carried[fds[0]] = keep(m.peerCh.Data())
 		case ipc.CmdPing:
 		default:
 			cmds = append(cmds, msg)

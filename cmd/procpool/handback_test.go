@@ -174,10 +174,10 @@ func TestRecycleMaxRSS(t *testing.T) {
 
 // A client trickling a body into a retired child cannot keep it alive: at
 // -grace the child closes the connection and exits (the client would need
-// minutes to finish).
+// minutes to finish); until then the child lets it go on.
 func TestRetiredChildGraceCutsTrickle(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, "-workers=1", "-affinity=false", "-grace=1s", "-body-timeout=30s")
+	s := startServer(t, "-workers=1", "-affinity=false", "-grace=2s", "-body-timeout=30s")
 	old := kidPids(s.waitReady(1))[0]
 	c := s.dial(t)
 	if _, err := io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nx"); err != nil {
@@ -198,6 +198,11 @@ func TestRetiredChildGraceCutsTrickle(t *testing.T) {
 		}
 	}()
 	syscall.Kill(s.pid, syscall.SIGHUP)
+	waitLog(t, s, `msg="reload done"`)
+	time.Sleep(500 * time.Millisecond) // well inside the grace period
+	if !pidAlive(old) {
+		t.Fatalf("the retired child %d left before its grace period was over; log:\n%s", old, s.log)
+	}
 	waitLog(t, s, fmt.Sprintf(`msg="child exited" pid=%d`, old))
 	if strings.Contains(s.log.String(), "killing a retired child") {
 		t.Errorf("the retired child had to be killed; log:\n%s", s.log)
