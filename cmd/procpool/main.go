@@ -164,6 +164,9 @@ func (s *settings) masterConfig() (master.Config, error) {
 			if err != nil {
 				return master.Config{}, err
 			}
+			if err := s.reloadError(n); err != nil {
+				return master.Config{}, err
+			}
 			cfg, err := n.masterConfig()
 			if err == nil {
 				err = n.checkChildFiles(cfg.Credential)

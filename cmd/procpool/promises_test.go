@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -461,6 +462,11 @@ func TestReloadRefusesListenAndMode(t *testing.T) {
 	for _, tc := range []struct{ what, conf string }{
 		{"listen", "listen = 127.0.0.2:0\nworkers = 1\n"},
 		{"mode", "listen = 127.0.0.1:0\nmode = reuseport\nworkers = 1\n"},
+		// What else the master runs with is refused too, not ignored.
+		{"-admin", "listen = 127.0.0.1:0\nworkers = 1\nadmin = 127.0.0.1:0\n"},
+		{"-log-json", "listen = 127.0.0.1:0\nworkers = 1\nlog-json = true\n"},
+		{"-backlog", "listen = 127.0.0.1:0\nworkers = 1\nbacklog = 16\n"},
+		{"-pidfile", "listen = 127.0.0.1:0\nworkers = 1\npidfile = " + filepath.Join(t.TempDir(), "other.pid") + "\n"},
 	} {
 		rewrite(t, conf, tc.conf)
 		s.signal(syscall.SIGHUP)
