@@ -66,9 +66,17 @@ const getClose = "GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
 // answering for the delay, every answer with Connection: close, and only
 // then stops gracefully. /healthz answers 200 throughout.
 func TestShutdownDelay(t *testing.T) {
-	t.Parallel()
+	for _, mode := range []string{"fdpass", "reuseport"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testShutdownDelay(t, mode)
+		})
+	}
+}
+
+func testShutdownDelay(t *testing.T, mode string) {
 	const delay = 2 * time.Second
-	s := startServer(t, "-workers=2", "-admin=127.0.0.1:0", "-shutdown-delay="+delay.String())
+	s := startServer(t, "-workers=2", "-mode="+mode, "-admin=127.0.0.1:0", "-shutdown-delay="+delay.String())
 	admin := adminAddr(t, s)
 	s.waitReady(2)
 	waitAdminStatus(t, admin, "/readyz", 200)
@@ -144,9 +152,17 @@ func TestReadyzDuringStop(t *testing.T) {
 // closes the connection unanswered; a plain request from there is served
 // under its own address.
 func TestProxyProtocol(t *testing.T) {
-	t.Parallel()
+	for _, mode := range []string{"fdpass", "reuseport"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testProxyProtocol(t, mode)
+		})
+	}
+}
+
+func testProxyProtocol(t *testing.T, mode string) {
 	logPath := filepath.Join(t.TempDir(), "access.log")
-	s := startServer(t, "-workers=2", "-proxy-protocol", "-proxy-from=127.0.0.2/32,10.9.9.9", "-access-log="+logPath)
+	s := startServer(t, "-workers=2", "-mode="+mode, "-proxy-protocol", "-proxy-from=127.0.0.2/32,10.9.9.9", "-access-log="+logPath)
 	s.waitReady(2)
 
 	lb := dialFrom(t, s.addr, "127.0.0.2")
