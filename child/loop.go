@@ -245,6 +245,7 @@ func (l *loop) onChannel() error {
 		case ipc.CmdStop:
 			return errStopped
 		case ipc.CmdReopen:
+			l.takeLog(fds)
 			l.reopen()
 		case ipc.CmdGoAway:
 			l.goaway.Store(true)
@@ -262,6 +263,29 @@ func (l *loop) onChannel() error {
 const maxAdopt = 64
 
 var errStopped = errors.New("child: stopped by the master")
+
+// takeLog puts the log the master reopened (its stderr, sent with
+// CmdReopen) in place of the child's stderr, and of its stdout where that
+// was the same file. Reopening by path would fail in a child that runs as
+// an unprivileged -user, and leave it writing to the rotated file.
+func (l *loop) takeLog(fds []int) {
+	if len(fds) == 0 {
+		return
+	}
+	if sameFile(1, 2) {
+		unix.Dup3(fds[0], 1, 0)
+	}
+	if err := unix.Dup3(fds[0], 2, 0); err != nil {
+		l.cfg.Log.Error("reopen: cannot take the master's log", "err", err)
+	}
+	unix.Close(fds[0])
+}
+
+// sameFile reports whether fds a and b are open on the same file.
+func sameFile(a, b int) bool {
+	var sa, sb unix.Stat_t
+	return unix.Fstat(a, &sa) == nil && unix.Fstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
 
 func (l *loop) reopen() {
 	if l.cfg.Reopen != nil {

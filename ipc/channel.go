@@ -53,10 +53,14 @@ func (c *Channel) Close() error { return unix.Close(c.Fd) }
 // peer holds its own references. A full channel gives ErrAgain and sends
 // nothing.
 func (c *Channel) Send(m Msg, fds []int) error {
-	if len(fds) > MaxFds || (len(fds) > 0) != (m.Cmd == CmdFds) || m.Cmd == CmdConn {
+	switch {
+	case len(fds) > MaxFds, m.Cmd == CmdConn,
+		m.Cmd == CmdFds && len(fds) == 0,
+		m.Cmd == CmdReopen && len(fds) > 1, // the log file, when it comes along
+		m.Cmd != CmdFds && m.Cmd != CmdReopen && len(fds) > 0:
 		return ErrBadMsg
 	}
-	if m.Cmd == CmdFds {
+	if m.Cmd == CmdFds || m.Cmd == CmdReopen {
 		m.Arg = uint32(len(fds)) // other commands keep theirs (CmdRetire's grace)
 	}
 	return c.send(m, fds, nil)
@@ -142,8 +146,9 @@ func (c *Channel) Recv(fds []int) (Msg, []int, error) {
 		m, err := unmarshal(c.buf[:msgSize])
 		withFds := m.Cmd == CmdFds || m.Cmd == CmdConn
 		switch {
-		case err != nil, withFds != (len(fds) > 0),
+		case err != nil, withFds != (len(fds) > 0) && m.Cmd != CmdReopen,
 			m.Cmd == CmdFds && int(m.Arg) != len(fds),
+			m.Cmd == CmdReopen && (len(fds) > 1 || int(m.Arg) != len(fds)),
 			m.Cmd == CmdConn && (len(fds) != 1 || int(m.Arg) != n-msgSize),
 			m.Cmd != CmdConn && n != msgSize:
 			return Msg{}, closeAll(fds), ErrBadMsg

@@ -103,8 +103,12 @@ func TestSendRecvPlain(t *testing.T) {
 		if cmd == ipc.CmdConn {
 			continue // always carries a connection: TestSendConn
 		}
-		// Arg travels as given: CmdRetire's is the grace period.
+		// Arg travels as given (CmdRetire's is the grace period), but for a
+		// command that may carry fds, where it counts them.
 		m := ipc.Msg{Cmd: cmd, Pid: int32(1000 + i), Slot: int32(i), Arg: uint32(100 * i)}
+		if cmd == ipc.CmdReopen {
+			m.Arg = 0
+		}
 		send(t, a, m, nil)
 		got, fds := recv(t, b)
 		if got != m || len(fds) != 0 {
@@ -147,6 +151,24 @@ func TestSendConn(t *testing.T) {
 		t.Errorf("Send of a conn without its connection: %v, want ErrBadMsg", err)
 	}
 	expectEmpty(t, b)
+}
+
+// CmdReopen may bring the master's log along: one fd, no more.
+func TestSendReopenWithLog(t *testing.T) {
+	a, b := pair(t)
+	p := newPipe(t)
+	send(t, a, ipc.Msg{Cmd: ipc.CmdReopen}, []int{p.w})
+	m, fds := recv(t, b)
+	if m.Cmd != ipc.CmdReopen || m.Arg != 1 || len(fds) != 1 {
+		t.Fatalf("received %+v with %d fds, want reopen with 1", m, len(fds))
+	}
+	unix.Close(fds[0])
+	if err := a.Send(ipc.Msg{Cmd: ipc.CmdReopen}, []int{p.w, p.w}); err != ipc.ErrBadMsg {
+		t.Errorf("reopen with two fds: %v, want ErrBadMsg", err)
+	}
+	if err := a.Send(ipc.Msg{Cmd: ipc.CmdDrain}, []int{p.w}); err != ipc.ErrBadMsg {
+		t.Errorf("drain with an fd: %v, want ErrBadMsg", err)
+	}
 }
 
 func TestRecvEmpty(t *testing.T) {

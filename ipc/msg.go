@@ -25,7 +25,7 @@ const (
 	CmdReady                 // child → master: initialised, send me work
 	CmdDrain                 // master → child: stop taking work, finish, exit 0
 	CmdStop                  // master → child: exit now
-	CmdReopen                // master → child: reopen log files
+	CmdReopen                // master → child: reopen log files; the master's log may come along as an fd
 	// CmdPing wakes a child the master has found stalled, so that the child
 	// turns its loop as soon as it runs again; the child answers with a
 	// CmdPing of its own, which wakes the master to see that progress.

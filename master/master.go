@@ -333,7 +333,14 @@ func (m *Master) reopen() {
 			m.log.Error("reopen logs", "err", err)
 		}
 	}
-	m.tellAll(ipc.CmdReopen)
+	// The master's stderr is the children's too, and is now the reopened
+	// -log: each child gets it to put in place of its own. A child that
+	// runs as -user could not open a root-owned log itself.
+	for _, k := range m.kids {
+		if k.ch == nil || k.ch.Send(ipc.Msg{Cmd: ipc.CmdReopen, Pid: int32(m.pid), Slot: int32(k.slot)}, []int{2}) != nil {
+			m.tell(k, ipc.CmdReopen) // a full channel: the signal, and the child reopens what it can
+		}
+	}
 }
 
 // timeout is how long the loop may sleep before something is due.

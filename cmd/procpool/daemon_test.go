@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -296,5 +297,52 @@ func TestDaemonLifecycle(t *testing.T) {
 	// Nothing runs any more.
 	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 1 || !strings.Contains(stderr, "not running") {
 		t.Errorf("-s stop with nothing running: status %d, %q; want 1 and not running", code, stderr)
+	}
+}
+
+// Children that run as -user cannot open the root master's -log: at a
+// reopen the master passes them the reopened file, so a rotation moves
+// their stderr too.
+func TestUserChildrenReopenLog(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch users")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no user nobody on this machine")
+	}
+	d := newDaemon(t)
+	if code, stderr := d.start("-workers=2", "-user=nobody"); code != 0 {
+		t.Fatalf("daemon start exited %d: %s", code, stderr)
+	}
+	var kids []int
+	if !pollFor(startTimeout, func() bool { kids = d.trackKids(); return len(kids) == 2 }) {
+		t.Fatalf("children of the daemon: %v", kids)
+	}
+	if err := os.Rename(d.logPath, d.logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runToExit(t, "-s", "reopen", "-pidfile", d.pidfile); code != 0 {
+		t.Fatalf("-s reopen exited %d: %s", code, stderr)
+	}
+	var where map[int]string
+	if !pollFor(startTimeout, func() bool {
+		where = map[int]string{}
+		ok := true
+		for _, pid := range kids {
+			fds, err := fdTargets(pid)
+			if err != nil {
+				where[pid] = err.Error()
+			} else {
+				where[pid] = fds[1] + " " + fds[2]
+			}
+			ok = ok && where[pid] == d.logPath+" "+d.logPath
+		}
+		return ok
+	}) {
+		t.Errorf("after -s reopen the children running as nobody write to %v, want %s", where, d.logPath)
+	}
+	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 0 {
+		t.Fatalf("-s stop exited %d: %s", code, stderr)
 	}
 }
