@@ -55,11 +55,11 @@ type Cell struct {
 	// another child (Accepted counts both): summed over the pool it is the
 	// connections the server accepted, and it never goes backwards while a
 	// connection moves between children.
-	Fresh atomic.Uint64
-	InFlight   atomic.Int64
-	ReqStart   atomic.Int64
-	ReqMethod  [8]byte
-	ReqPath    [48]byte
+	Fresh     atomic.Uint64
+	InFlight  atomic.Int64
+	ReqStart  atomic.Int64
+	ReqMethod [8]byte
+	ReqPath   [48]byte
 	// ReqClient is the request's client, when the child knows it (a PROXY
 	// header, or the access log, had it look): its address as 16 bytes
 	// (IPv4 mapped) and its port, big-endian; zero when unknown.
