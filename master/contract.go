@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/procpool/procpool/ipc"
+	"golang.org/x/sys/unix"
 )
 
 // This file is everything a master agrees on with the processes it starts,
@@ -212,6 +213,28 @@ func daemonStart(null, log, report uintptr) (files []uintptr, env []string) {
 	files[0], files[1], files[2] = null, log, log
 	files[daemonReportFd] = report
 	return files, append(os.Environ(), EnvDaemonFd+"="+strconv.Itoa(daemonReportFd))
+}
+
+// sealInherited marks every fd above stderr close-on-exec. A launcher may
+// leave fds open without it (a shell's redirections, a supervisor's
+// sockets); children and a new master get exactly the fds this file names,
+// never those — and with -user they would reach an unprivileged process.
+// The fds the contract names were taken (and marked) before Run, or are
+// adopted by it; the master can still use everything it holds.
+func sealInherited() {
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return
+	}
+	// Kernels before 5.11: one fcntl per open fd.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
 
 // inheritedFd takes the fd that the environment variable name gives, and

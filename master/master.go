@@ -172,6 +172,7 @@ func Run(cfg Config) error {
 	// PR_SET_PDEATHSIG both belong to it, so it must stay this goroutine's.
 	runtime.LockOSThread()
 	sched.SpareP()
+	sealInherited()
 	m, err := start(cfg)
 	if err != nil {
 		return err

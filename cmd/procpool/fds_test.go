@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -182,4 +184,29 @@ func keepAliveRequests(addr string, n int) error {
 		}
 	}
 	return nil
+}
+
+// An fd the launcher left open without close-on-exec (a shell redirection,
+// a supervisor's socket) stays with the master: no child, which may run as
+// another user, inherits it.
+func TestInheritedFdsStayWithTheMaster(t *testing.T) {
+	t.Parallel()
+	secret, err := os.CreateTemp(t.TempDir(), "launcher-secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer secret.Close()
+	s := startServerWith(t, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{secret} }, "-workers=2")
+	s.waitReady(2)
+	for _, pid := range s.children() {
+		fds, err := fdTargets(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for fd, target := range fds {
+			if target == secret.Name() {
+				t.Errorf("child %d holds the launcher's %s as fd %d", pid, target, fd)
+			}
+		}
+	}
 }
