@@ -196,7 +196,9 @@ func TestInheritedFdsStayWithTheMaster(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer secret.Close()
-	s := startServerWith(t, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{secret} }, "-workers=2")
+	// At fd 7: above the fds a child is started with, which would replace
+	// anything at 0-4.
+	s := startServerWith(t, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{nil, nil, nil, nil, secret} }, "-workers=2")
 	s.waitReady(2)
 	for _, pid := range s.children() {
 		fds, err := fdTargets(pid)
