@@ -12,21 +12,26 @@ import (
 )
 
 // Counters live in shared memory rather than travelling as messages: the
-// master creates one memfd for the whole pool, maps it, and passes it to
-// every child, which maps it too and updates only its own cell. A child
-// pays one uncontended atomic add per event it counts and never a syscall;
+// master creates one memfd per child (a page, holding one Cell), maps it,
+// and passes it to the child, which maps it too. A child sees its own cell
+// and nothing else: one child cannot make another look full, busy or dead to
+// the master, which admits and deals by these counters. A child pays one
+// uncontended atomic add per event it counts and never a syscall;
 // the master reads any cell at any time, even of a child that is stuck, and
 // after a child dies its last counts are still there to be folded into the
 // totals. Messages every second would cost each child a timer and a send,
 // and would lag behind the test that wants exact numbers.
 
-// CellSize is the size of one child's counters in the region.
+// CellSize is the most a Cell may take.
 const CellSize = 256
 
-// Cells is how many cells the region holds: enough for the largest pool
-// twice over (old and new generation during a reload) with room for
-// respawns.
+// Cells is how many cells the master may hold at once: enough for the
+// largest pool twice over (old and new generation during a reload) with
+// room for respawns.
 const Cells = 4096
+
+// cellBytes is the size of a cell's memfd: a page, the unit of mapping.
+var cellBytes = os.Getpagesize()
 
 // Cell holds one child's counters. Every field is updated atomically, from
 // the child's loop and its pool workers, and read by the master.
@@ -68,53 +73,74 @@ type Cell struct {
 
 var _ [CellSize - unsafe.Sizeof(Cell{})]byte // a Cell must fit its slot
 
-// Stats is the mapped region of cells.
+// Stats is the master's side of the children's cells: cell i is a memfd of
+// its own, created on first use and kept mapped, for the next child of that
+// cell, until Close (the admin goroutines may read a cell a moment after its
+// child is gone).
 type Stats struct {
-	fd  int
-	mem []byte
+	fds [Cells]int
+	mem [Cells][]byte
 }
 
-// NewStats creates and maps a region of Cells cells. The fd is close-on-exec;
-// pass it to a child explicitly.
-func NewStats() (*Stats, error) {
-	fd, err := unix.MemfdCreate("procpool-stats", unix.MFD_CLOEXEC)
+// NewStats returns an empty set of cells.
+func NewStats() (*Stats, error) { return &Stats{}, nil }
+
+// Open makes cell i ready for a new child: created and mapped the first
+// time, zeroed after that.
+func (s *Stats) Open(i int) error {
+	if s.mem[i] != nil {
+		s.Reset(i)
+		return nil
+	}
+	fd, err := unix.MemfdCreate("procpool-cell", unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, os.NewSyscallError("memfd_create", err)
+		return os.NewSyscallError("memfd_create", err)
 	}
-	if err := unix.Ftruncate(fd, Cells*CellSize); err != nil {
+	if err := unix.Ftruncate(fd, int64(cellBytes)); err != nil {
 		unix.Close(fd)
-		return nil, os.NewSyscallError("ftruncate", err)
+		return os.NewSyscallError("ftruncate", err)
 	}
-	return mapStats(fd)
+	mem, err := mapCell(fd)
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	s.fds[i], s.mem[i] = fd, mem
+	return nil
 }
 
-// OpenStats maps a region received from the master. It takes ownership of fd.
-func OpenStats(fd int) (*Stats, error) {
+// OpenCell maps, in a child, the cell the master passed it as fd: its own and
+// only that.
+func OpenCell(fd int) (*Cell, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, os.NewSyscallError("fstat", err)
 	}
-	if st.Size != Cells*CellSize {
-		return nil, fmt.Errorf("ipc: stats region has %d bytes, want %d", st.Size, Cells*CellSize)
+	if st.Size != int64(cellBytes) {
+		return nil, fmt.Errorf("ipc: stats cell has %d bytes, want %d", st.Size, cellBytes)
 	}
-	return mapStats(fd)
+	mem, err := mapCell(fd)
+	if err != nil {
+		return nil, err
+	}
+	unix.Close(fd) // the mapping stays
+	return (*Cell)(unsafe.Pointer(&mem[0])), nil
 }
 
-func mapStats(fd int) (*Stats, error) {
-	mem, err := unix.Mmap(fd, 0, Cells*CellSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+func mapCell(fd int) ([]byte, error) {
+	mem, err := unix.Mmap(fd, 0, cellBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		unix.Close(fd)
 		return nil, os.NewSyscallError("mmap", err)
 	}
-	return &Stats{fd: fd, mem: mem}, nil
+	return mem, nil
 }
 
-// Fd is the memfd, to pass to a child.
-func (s *Stats) Fd() int { return s.fd }
+// Fd is cell i's memfd, to pass to its child.
+func (s *Stats) Fd(i int) int { return s.fds[i] }
 
-// Cell returns cell i, which must be in [0, Cells).
+// Cell returns cell i, which Open must have made.
 func (s *Stats) Cell(i int) *Cell {
-	return (*Cell)(unsafe.Pointer(&s.mem[i*CellSize]))
+	return (*Cell)(unsafe.Pointer(&s.mem[i][0]))
 }
 
 // Reset zeroes cell i before it is given to a new child.
@@ -226,10 +252,16 @@ func cstring(b []byte) string {
 	return string(b)
 }
 
-// Close unmaps the region and closes the fd.
+// Close unmaps every cell and closes its memfd.
 func (s *Stats) Close() error {
-	unix.Munmap(s.mem)
-	return unix.Close(s.fd)
+	for i, mem := range s.mem {
+		if mem != nil {
+			unix.Munmap(mem)
+			unix.Close(s.fds[i])
+			s.mem[i] = nil
+		}
+	}
+	return nil
 }
 
 // Snapshot is a plain copy of a Cell's counters.

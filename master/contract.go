@@ -22,7 +22,7 @@ import (
 //	fd 1, 2 the master's stderr
 //	fd 3    ChannelFd: its end of the channel, a SOCK_SEQPACKET socketpair
 //	        that carries ipc.Msg (package ipc lists the commands)
-//	fd 4    StatsFd: the shared stats region (ipc.Stats)
+//	fd 4    StatsFd: its stats cell, a memfd of its own (ipc.OpenCell)
 //	env     EnvSlot, EnvGen, EnvCell, EnvListen, and the master's own environment
 //	        less every PROCPOOL_ name
 //
@@ -42,7 +42,7 @@ import (
 // The fds a child finds open.
 const (
 	ChannelFd = 3 // its end of the channel to the master
-	StatsFd   = 4 // the stats region
+	StatsFd   = 4 // its stats cell
 )
 
 // The fds of a new master, by who started it.
@@ -134,11 +134,10 @@ func OpenChild() (Child, error) {
 	if err != nil {
 		return c, err
 	}
-	stats, err := ipc.OpenStats(StatsFd)
-	if err != nil {
-		return c, fmt.Errorf("stats region (fd %d): %w", StatsFd, err)
+	_ = cell // the master's name for it; the child sees only its own
+	if c.Stats, err = ipc.OpenCell(StatsFd); err != nil {
+		return c, fmt.Errorf("stats cell (fd %d): %w", StatsFd, err)
 	}
-	c.Stats = stats.Cell(cell)
 	c.Stats.Pid.Store(int64(os.Getpid()))
 	return c, nil
 }

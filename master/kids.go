@@ -164,7 +164,7 @@ func (m *Master) spawn(slot int) error {
 		unix.Close(cfd)
 		return errNoCell
 	}
-	files, env := childStart(slot, m.gen, cell, m.addr, m.null, cfd, m.stats.Fd())
+	files, env := childStart(slot, m.gen, cell, m.addr, m.null, cfd, m.stats.Fd(cell))
 	attr := &syscall.ProcAttr{
 		Env:   env,
 		Files: files,

@@ -19,7 +19,11 @@ func (m *Master) allocCell() (int, bool) {
 	}
 	c := m.freeCells[len(m.freeCells)-1]
 	m.freeCells = m.freeCells[:len(m.freeCells)-1]
-	m.stats.Reset(c)
+	if err := m.stats.Open(c); err != nil {
+		m.freeCells = append(m.freeCells, c)
+		m.log.Error("stats cell", "err", err)
+		return 0, false
+	}
 	return c, true
 }
 
