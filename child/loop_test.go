@@ -103,6 +103,9 @@ func TestLoopLargeResponseSlowReader(t *testing.T) {
 func TestLoopLargePostEcho(t *testing.T) {
 	tc := startChild(t, Config{}, newTestRoutes())
 	c := tc.dial(t)
+	// Each of the eight waits below reads /proc/net/tcp, which is slow under
+	// -race beside other tests: the deadline bounds a hang, not the speed.
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	body := bigBody()[:512<<10]
 	c.send(t, "POST /echo HTTP/1.1\r\n"+hostLine+"Content-Length: "+itoa(len(body))+"\r\n\r\n")
 	for i := 0; i < len(body); i += 8 << 10 {
