@@ -34,10 +34,13 @@ type Config struct {
 	// SchedBatch starts children under SCHED_BATCH: a woken child waits for
 	// the running task's time slice to end instead of preempting it.
 	SchedBatch bool
-	Backlog    int           // listen backlog; <= 0 for the kernel's maximum
-	MaxConns   int           // most connections per child; 0: no limit
-	Admin      string        // address of the status listener (host:port or unix:/path); "" for none
-	Grace      time.Duration // how long a graceful stop waits for children (0: kill at once)
+	Backlog    int    // listen backlog; <= 0 for the kernel's maximum
+	MaxConns   int    // most connections per child; 0: no limit
+	Admin      string // address of the status listener (host:port or unix:/path); "" for none
+	// Grace is how long a graceful stop (and a retired child) waits for
+	// open requests: 0 means DefaultGrace, a negative value none (kill at
+	// once).
+	Grace time.Duration
 	// ShutdownDelay: on SIGTERM or SIGQUIT the master reports not ready and
 	// serves on, with Connection: close, for this long before the graceful
 	// stop begins (ready.go).

@@ -36,6 +36,10 @@ import (
 // the length of its stall.
 const DefaultStall = 20 * time.Millisecond
 
+// DefaultGrace is the grace period of a Config that sets none: what
+// -grace defaults to.
+const DefaultGrace = 10 * time.Second
+
 // Dispatch orders.
 const (
 	DispatchRR    = "rr"    // round-robin over the serving children (the default)
@@ -234,6 +238,12 @@ func (m *Master) nextStallCheck(consider func(time.Time)) {
 
 // setDefaults fills in the dispatch settings a Config leaves zero.
 func (c *Config) setDefaults() {
+	switch {
+	case c.Grace == 0:
+		c.Grace = DefaultGrace
+	case c.Grace < 0:
+		c.Grace = 0
+	}
 	if c.Dispatch == "" {
 		c.Dispatch = DispatchRR
 	}

@@ -143,7 +143,7 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Affinity:   s.affinity,
 		SchedBatch: s.batch,
 		Backlog:    s.backlog,
-		Grace:      s.grace,
+		Grace:      graceSetting(s.grace),
 		MaxConns:   s.maxConns,
 		Dispatch:   s.dispatch,
 		Stall:      stallSetting(s.stall),
@@ -258,6 +258,15 @@ func runChild(s *settings, slot int) int {
 // stallSetting maps -stall to master.Config.Stall, where 0 means the
 // default and a negative value turns the rule off.
 func stallSetting(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+// graceSetting maps -grace to master.Config.Grace, where 0 means the default
+// and a negative value none.
+func graceSetting(d time.Duration) time.Duration {
 	if d == 0 {
 		return -1
 	}

@@ -79,7 +79,7 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.BoolVar(&s.batch, "sched-batch", false, "run children under SCHED_BATCH: a woken child does not preempt the task on its CPU (more throughput, longer tail latency where CPUs are shared)")
 	fs.StringVar(&s.config, "config", "", "config `file` of key = value lines (the flag names); re-read on SIGHUP")
 	fs.IntVar(&s.backlog, "backlog", 0, "listen backlog (0: the kernel's maximum, net.core.somaxconn)")
-	fs.DurationVar(&s.grace, "grace", 10*time.Second, "how long a graceful stop waits for open requests")
+	fs.DurationVar(&s.grace, "grace", master.DefaultGrace, "how long a graceful stop waits for open requests")
 	fs.IntVar(&s.maxConns, "max-conns", 65536, "most connections one child holds; when every child is full the master stops accepting (0: no limit)")
 	fs.IntVar(&s.pool, "pool", 0, "worker goroutines per child for blocking handlers (0: handlers run inline in the event loop)")
 	fs.IntVar(&s.limits.MaxRequestLine, "max-request-line", child.DefaultLimits.MaxRequestLine, "longest request line in bytes (414 beyond)")
