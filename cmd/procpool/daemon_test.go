@@ -227,21 +227,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	// child): their stderr, and their stdout, which was the log too, move
 	// to the new file, while they run, before the reload below replaces
 	// them.
-	var where map[int]string
-	if !pollFor(startTimeout, func() bool {
-		where = map[int]string{}
-		ok := true
-		for _, pid := range gen0 {
-			fds, err := fdTargets(pid)
-			if err != nil {
-				where[pid] = err.Error()
-			} else {
-				where[pid] = fds[1] + " " + fds[2]
-			}
-			ok = ok && where[pid] == d.logPath+" "+d.logPath
-		}
-		return ok
-	}) {
+	if where, ok := waitOutputTo(gen0, d.logPath); !ok {
 		t.Errorf("after -s reopen the running children's stdout and stderr: %v, want %s for each", where, d.logPath)
 	}
 	if code, stderr := runToExit(t, "-s", "reload", "-pidfile", d.pidfile); code != 0 {
@@ -325,24 +311,32 @@ func TestUserChildrenReopenLog(t *testing.T) {
 	if code, stderr := runToExit(t, "-s", "reopen", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s reopen exited %d: %s", code, stderr)
 	}
+	if where, ok := waitOutputTo(kids, d.logPath); !ok {
+		t.Errorf("after -s reopen the children running as nobody write to %v, want %s", where, d.logPath)
+	}
+	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 0 {
+		t.Fatalf("-s stop exited %d: %s", code, stderr)
+	}
+}
+
+// waitOutputTo waits until every process in pids has its stdout and stderr
+// on path; it returns where they point ("stdout stderr" by pid) and whether
+// they got there.
+func waitOutputTo(pids []int, path string) (map[int]string, bool) {
 	var where map[int]string
-	if !pollFor(startTimeout, func() bool {
+	ok := pollFor(startTimeout, func() bool {
 		where = map[int]string{}
-		ok := true
-		for _, pid := range kids {
+		all := true
+		for _, pid := range pids {
 			fds, err := fdTargets(pid)
 			if err != nil {
 				where[pid] = err.Error()
 			} else {
 				where[pid] = fds[1] + " " + fds[2]
 			}
-			ok = ok && where[pid] == d.logPath+" "+d.logPath
+			all = all && where[pid] == path+" "+path
 		}
-		return ok
-	}) {
-		t.Errorf("after -s reopen the children running as nobody write to %v, want %s", where, d.logPath)
-	}
-	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 0 {
-		t.Fatalf("-s stop exited %d: %s", code, stderr)
-	}
+		return all
+	})
+	return where, ok
 }
