@@ -50,17 +50,16 @@ type loop struct {
 	draining atomic.Bool
 	goaway   atomic.Bool // a stop is coming (CmdGoAway): every answer says Connection: close
 	sweepAt  int64
-	full     bool // MaxConns reached: the own listener is out of the poll set
-	// Out of fds (reuseport): the own listener is out of the poll set until
-	// rest.Until, so a listener that stays readable is not spun on.
-	acceptPaused bool
-	rest         ipc.AcceptRest
-	lastAccepts  bool  // drain is taking what is queued on the own listener
-	drainBy      int64 // when idle connections of a draining child close
-	sig          *ipc.SelfPipe
-	turns        uint64 // published in the stats cell: the master's sign of progress
-	yield        sched.Yielder
-	pid          int
+	// listening: the own listener (reuseport) is in the poll set, as
+	// updateListening decides once a turn; rest is the pause after EMFILE.
+	listening   bool
+	rest        ipc.AcceptRest
+	lastAccepts bool  // drain is taking what is queued on the own listener
+	drainBy     int64 // when idle connections of a draining child close
+	sig         *ipc.SelfPipe
+	turns       uint64 // published in the stats cell: the master's sign of progress
+	yield       sched.Yielder
+	pid         int
 	// Hand-back (handback.go): retiring is set by the master's CmdRetire;
 	// back holds connections waiting to go back to the master, sentBatch
 	// those of the batch being sent.
@@ -132,6 +131,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 			p.Close()
 			return nil, err
 		}
+		l.listening = true
 	}
 	if cfg.Pool > 0 {
 		if l.pool, err = newPool(cfg.Pool, h, l); err != nil {
@@ -152,7 +152,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 func (l *loop) run() error {
 	for {
 		wait := 1000
-		if l.acceptPaused {
+		if l.cfg.Listener > 0 && time.Now().Before(l.rest.Until) {
 			wait = int(min(max(0, time.Until(l.rest.Until).Milliseconds()+1), 1000))
 		}
 		wait = l.retireWait(wait)
@@ -198,12 +198,7 @@ func (l *loop) run() error {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
 		}
-		if l.acceptPaused && now >= l.rest.Until.UnixNano() {
-			l.acceptPaused = false
-			if !l.full && l.cfg.Listener > 0 {
-				l.poller.Add(l.cfg.Listener, epoll.In)
-			}
-		}
+		l.updateListening(l.sess.clk.now)
 		l.flushBack()
 		if (l.draining.Load() || l.retiring) && l.open == 0 && !l.channelHolds() {
 			return nil
@@ -301,7 +296,7 @@ func (l *loop) accept() bool {
 		switch err {
 		case nil:
 			l.register(fd, nil)
-			if l.full && !l.lastAccepts {
+			if l.atLimit() && !l.lastAccepts {
 				return false // at MaxConns: the rest is for siblings with room
 			}
 			continue
@@ -309,11 +304,8 @@ func (l *loop) accept() bool {
 			continue // the peer gave up while queued; take the next one
 		case unix.EAGAIN:
 		case unix.EMFILE, unix.ENFILE:
-			if !l.acceptPaused && !l.full {
-				l.poller.Delete(l.cfg.Listener)
-			}
-			l.acceptPaused = true
-			l.rest.Begin(time.Now(), l.cfg.Log, err)
+			l.rest.Begin(time.Now(), l.cfg.Log, err) // updateListening rests the listener
+			l.updateListening(time.Now())
 		default:
 			l.cfg.Log.Error("accept", "err", err)
 		}
@@ -350,10 +342,6 @@ func (l *loop) register(fd int, carried []byte) {
 			l.pool.submit(c)
 			return
 		}
-	}
-	if l.cfg.MaxConns > 0 && l.open >= l.cfg.MaxConns && l.cfg.Listener > 0 && !l.full {
-		l.full = true // reuseport: leave the rest to siblings with room
-		l.poller.Delete(l.cfg.Listener)
 	}
 	if l.pool != nil || l.lastAccepts {
 		l.apply(c, aRead)
@@ -445,10 +433,29 @@ func (l *loop) closeConn(c *conn) {
 	l.spare = append(l.spare, c)
 	l.open--
 	l.cfg.Stats.Closed.Add(1)
-	if l.full && l.open < l.cfg.MaxConns && l.cfg.Listener > 0 {
-		if l.acceptPaused || l.poller.Add(l.cfg.Listener, epoll.In) == nil {
-			l.full = false // while paused, the resume adds it back
-		}
+}
+
+// atLimit reports whether the child holds -max-conns connections.
+func (l *loop) atLimit() bool { return l.cfg.MaxConns > 0 && l.open >= l.cfg.MaxConns }
+
+// updateListening is the one place that decides whether the child's own
+// listener (reuseport) is polled: not at -max-conns, so that the kernel's
+// queue goes to siblings with room, and not while resting after EMFILE, so
+// that a listener that stays readable is not spun on. The loop calls it once
+// a turn, and the accept loop when it runs out of fds.
+func (l *loop) updateListening(now time.Time) {
+	want := l.cfg.Listener > 0 && !l.atLimit() && !now.Before(l.rest.Until)
+	if want == l.listening {
+		return
+	}
+	var err error
+	if want {
+		err = l.poller.Add(l.cfg.Listener, epoll.In)
+	} else {
+		err = l.poller.Delete(l.cfg.Listener)
+	}
+	if err == nil {
+		l.listening = want
 	}
 }
 
@@ -508,10 +515,12 @@ func (l *loop) closeListener() {
 	for l.accept() {
 	}
 	l.lastAccepts = false
-	l.poller.Delete(l.cfg.Listener)
+	if l.listening {
+		l.poller.Delete(l.cfg.Listener)
+		l.listening = false
+	}
 	unix.Close(l.cfg.Listener)
 	l.cfg.Listener = -1
-	l.full = false
 }
 
 // channelHolds takes what is still queued on the channel and reports
