@@ -1,7 +1,9 @@
 package child
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -45,15 +47,45 @@ func (c *conn) parse(buf []byte, r *Request, lim *Limits) (int, int) {
 	return n, status
 }
 
+// connState is where a connection is in its life. Every change goes through
+// setState; the moves are:
+//
+//	stFree    → stReading                      register: a new or handed-on connection
+//	stReading → stReading, stWriting, stLinger  after a read: more to read, a tail to write, a staged close
+//	stWriting → stReading, stWriting, stLinger  after a write: the same
+//	stLinger  → stLinger                       reading to discard until the linger ends
+//	stReading → stHanded                       a retiring child queues it for the master
+//	any       → stFree                         closed, or handed back (closeConn)
 type connState uint8
 
 const (
-	stFree    connState = iota
-	stReading           // armed for EPOLLIN
-	stWriting           // armed for EPOLLOUT, out holds the tail
-	stLinger            // write side shut down, reading to discard
-	stHanded            // out of the poll set, waiting to go back to the master
+	stFree    connState = iota // not in use: the zero value, in the spare list
+	stReading                  // armed for EPOLLIN
+	stWriting                  // armed for EPOLLOUT, out holds the tail
+	stLinger                   // write side shut down, reading to discard
+	stHanded                   // out of the poll set, waiting to go back to the master
 )
+
+var stateMoves = [...][]connState{
+	stFree:    {stReading},
+	stReading: {stReading, stWriting, stLinger, stHanded},
+	stWriting: {stReading, stWriting, stLinger},
+	stLinger:  {stLinger},
+	stHanded:  {},
+}
+
+// setState moves c to state to. A move the table above does not list is a
+// bug in the loop; tests run with checkMoves set and fail on it.
+func (c *conn) setState(to connState) {
+	if checkMoves && !slices.Contains(stateMoves[c.state], to) {
+		panic(fmt.Sprintf("child: connection %d moved from state %d to %d", c.fd, c.state, to))
+	}
+	c.state = to
+}
+
+// checkMoves turns setState's check on (tests only: the loop's decisions
+// are tested, not paid for on every request).
+var checkMoves = false
 
 // verdict is what happens to a connection once its output is flushed.
 type verdict uint8

@@ -59,7 +59,7 @@ func (l *loop) handBack(c *conn) {
 		l.poller.Delete(c.fd) // the master and the next child hold the same file
 		c.polled = false
 	}
-	c.state = stHanded
+	c.setState(stHanded)
 	l.back = append(l.back, c)
 }
 

@@ -13,6 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Every test of this package checks the connections' state moves.
+func init() { checkMoves = true }
+
 // testTimeouts are long enough never to fire by accident in a test; the
 // tests that want a timeout shorten one.
 var testTimeouts = Timeouts{

@@ -327,7 +327,7 @@ func (l *loop) register(fd int, carried []byte) {
 	c := l.newConn()
 	c.fd = fd
 	l.admit(c) // the client's address; whether a PROXY header is due (proxyproto.go)
-	c.state = stReading
+	c.setState(stReading)
 	c.deadline = l.sess.clk.now.Add(l.cfg.Timeouts.Header).UnixNano()
 	l.conns[fd] = c
 	l.open++
@@ -384,7 +384,7 @@ func (s *session) serve(c *conn) action {
 		s.clk.tick()
 		return s.answer(c, c.in, true)
 	}
-	if c.out != nil {
+	if c.out != nil { // a tail to write: the session's own sign, set before apply marks stWriting
 		return s.onWritable(c)
 	}
 	return s.onReadable(c)
@@ -397,7 +397,7 @@ func (l *loop) apply(c *conn, a action) {
 		return
 	}
 	if a == aRead && c.state != stLinger {
-		c.state = stReading
+		c.setState(stReading)
 		if l.draining.Load() && c.in == nil && c.out == nil {
 			c.deadline = min(c.deadline, l.drainBy) // idle, and we are going away
 		}
@@ -407,7 +407,7 @@ func (l *loop) apply(c *conn, a action) {
 	case aRead:
 		err = l.arm(c, connEvents)
 	case aWrite:
-		c.state = stWriting
+		c.setState(stWriting)
 		err = l.arm(c, writeEvents)
 	}
 	if a == aClose || err != nil {

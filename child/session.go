@@ -200,18 +200,8 @@ func (s *session) answer(c *conn, in []byte, own bool) action {
 			}
 		}
 		s.shrinkOut(out)
-		switch v {
-		case vReject:
-			s.keepPartial(c, nil, false)
-			return s.startLinger(c)
-		case vClose:
-			if len(in) > 0 {
-				// The client sent more after its last request: closing now
-				// would reset the connection before it reads the answer.
-				s.keepPartial(c, nil, false)
-				return s.startLinger(c)
-			}
-			return aClose
+		if a, done := s.finish(c, v, len(in) > 0); done {
+			return a
 		}
 		if v != vMore {
 			return s.keepPartial(c, in, own)
@@ -270,16 +260,8 @@ func (s *session) onWritable(c *conn) action {
 	}
 	putBuf(c.out)
 	c.out = nil
-	switch c.after {
-	case vReject:
-		s.keepPartial(c, nil, false)
-		return s.startLinger(c)
-	case vClose:
-		if c.in != nil {
-			s.keepPartial(c, nil, false)
-			return s.startLinger(c)
-		}
-		return aClose
+	if a, done := s.finish(c, c.after, c.in != nil); done {
+		return a
 	}
 	if c.in != nil {
 		return s.answer(c, c.in, true)
@@ -311,6 +293,22 @@ func (s *session) reject(c *conn, status int) action {
 	return s.startLinger(c)
 }
 
+// finish ends a connection whose output is flushed, when v says so: after an
+// error status, a staged close; after a request that closes the connection,
+// a close — staged too if the client sent more behind it (unread), which a
+// plain close would answer with a reset before the client read the answer.
+// done is false when the connection goes on.
+func (s *session) finish(c *conn, v verdict, more bool) (a action, done bool) {
+	switch {
+	case v == vReject, v == vClose && more:
+		s.keepPartial(c, nil, false)
+		return s.startLinger(c), true
+	case v == vClose:
+		return aClose, true
+	}
+	return aRead, false
+}
+
 // startLinger shuts down our side so the client reads its answer and an EOF,
 // then keeps reading (and discarding) for a bounded time and size, so that
 // data still in flight does not make the kernel reset the connection before
@@ -319,7 +317,7 @@ func (s *session) startLinger(c *conn) action {
 	if err := unix.Shutdown(c.fd, unix.SHUT_WR); err != nil {
 		return aClose
 	}
-	c.state = stLinger
+	c.setState(stLinger)
 	c.linger = lingerBytes
 	c.deadline = s.clk.now.Add(s.to.Linger).UnixNano()
 	return aRead
