@@ -81,57 +81,6 @@ func TestGracefulStopHalfBody(t *testing.T) {
 	}
 }
 
-// TestKilledChildReplaced kills a ready child with SIGKILL: the master
-// notices the death, then starts a replacement for the slot, which reports
-// ready and serves beside the survivor.
-func TestKilledChildReplaced(t *testing.T) {
-	t.Parallel()
-	s := startServer(t, "-workers=2")
-	kids := s.waitReady(2)
-	victim := kids[0]
-	if err := syscall.Kill(victim.pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	var replacement kidInfo
-	ok := s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
-		for _, k := range parseKids(lines, reReady) {
-			if k.slot == victim.slot && k.pid != victim.pid {
-				replacement = k
-				return true
-			}
-		}
-		return false
-	})
-	if !ok {
-		t.Fatalf("no replacement for slot %d reported ready within %v; log:\n%s", victim.slot, startTimeout, s.log)
-	}
-	// In this order: the death, the replacement's spawn, its ready.
-	died, spawned, ready := -1, -1, -1
-	for i, line := range s.log.snapshot() {
-		switch {
-		case died < 0 && strings.Contains(line, fmt.Sprintf(" pid=%d slot=%d ", victim.pid, victim.slot)) &&
-			(strings.Contains(line, `msg="child died unexpectedly"`) || strings.Contains(line, `msg="child exited"`)):
-			died = i
-		case spawned < 0 && strings.Contains(line, `msg="child spawned"`) && strings.Contains(line, fmt.Sprintf(" pid=%d ", replacement.pid)):
-			spawned = i
-		case ready < 0 && strings.Contains(line, `msg="child ready"`) && strings.Contains(line, fmt.Sprintf(" pid=%d ", replacement.pid)):
-			ready = i
-		}
-	}
-	if died < 0 || !(died < spawned && spawned < ready) {
-		t.Errorf("log lines: death of %d at %d, spawn of %d at %d, its ready at %d; want them all, in this order; log:\n%s",
-			victim.pid, died, replacement.pid, spawned, ready, s.log)
-	}
-	want := []int{kids[1].pid, replacement.pid}
-	slices.Sort(want)
-	if got, ok := s.waitChildren(want, startTimeout); !ok {
-		t.Errorf("children after the respawn %v, want %v", got, want)
-	}
-	if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
-		t.Errorf("request after the respawn: %+v", r)
-	}
-}
-
 // spawnTimes are the times, from the master's log, at which it spawned
 // a child for slot.
 func spawnTimes(t *testing.T, lines []string, slot int) []time.Time {
