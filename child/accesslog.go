@@ -19,20 +19,30 @@ type AccessLog struct {
 	fd   int
 }
 
-// OpenAccessLog opens path for appending.
+// OpenAccessLog opens path for appending. A symbolic link is refused
+// (ELOOP): a link planted in a writable directory must not make the child
+// append to its target.
 func OpenAccessLog(path string) (*AccessLog, error) {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND|unix.O_CLOEXEC, 0o644)
+	fd, err := openLog(path)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
 	return &AccessLog{path: path, fd: fd}, nil
 }
 
+func openLog(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return fd, nil
+}
+
 // Reopen points the log at a fresh file of the same path (after rotation).
 func (a *AccessLog) Reopen() error {
-	fd, err := unix.Open(a.path, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND|unix.O_CLOEXEC, 0o644)
+	fd, err := openLog(a.path)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: a.path, Err: err}
+		return err
 	}
 	defer unix.Close(fd)
 	return unix.Dup3(fd, a.fd, unix.O_CLOEXEC)

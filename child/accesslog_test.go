@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // loggedChild runs a child with an access log and returns a function that
@@ -125,5 +127,36 @@ func TestAccessLogBufferBound(t *testing.T) {
 	}
 	if n := p.s.st.ParseErrors.Load(); n != 1 {
 		t.Errorf("%d parse errors counted, want 1", n)
+	}
+}
+
+// The access log is never opened through a symbolic link, at the start or
+// at a reopen.
+func TestAccessLogRefusesLink(t *testing.T) {
+	dir := t.TempDir()
+	victim, link := filepath.Join(dir, "victim"), filepath.Join(dir, "access.log")
+	if err := os.WriteFile(victim, []byte("keep\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := OpenAccessLog(link); err == nil {
+		unix.Close(a.fd)
+		t.Fatal("opened the access log through a symbolic link")
+	}
+	os.Remove(link)
+	a, err := OpenAccessLog(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(a.fd)
+	os.Rename(link, link+".1")
+	os.Symlink(victim, link)
+	if err := a.Reopen(); err == nil {
+		t.Error("reopened the access log through a symbolic link")
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep\n" {
+		t.Errorf("the link's target changed: %q", b)
 	}
 }
