@@ -363,3 +363,39 @@ func TestHandBackDealsCarriedBytes(t *testing.T) {
 		t.Fatal("a serving child's connections were queued")
 	}
 }
+
+// A child that floods its channel is read at most maxChannelMsgs messages a
+// turn, so the master's loop gets on with the others; the rest waits.
+func TestChannelReadBounded(t *testing.T) {
+	m, kids := newTestMaster(t, 1, Config{})
+	for range maxChannelMsgs + 10 {
+		if err := kids[0].far.Send(ipc.Msg{Cmd: ipc.CmdPing}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.onChannel(kids[0].kid, &epoll.Event{Events: epoll.In})
+	left := 0 // still in the master's end of the channel
+	for {
+		if _, _, err := kids[0].ch.Recv(m.fds); err != nil {
+			break
+		}
+		left++
+	}
+	if left != 10 {
+		t.Errorf("%d messages left after one turn, want 10 (read %d)", left, maxChannelMsgs)
+	}
+}
+
+// A malformed message makes the master kill and retire the child (its slot
+// is then respawned), not leave it half-heard.
+func TestMalformedMessageKillsChild(t *testing.T) {
+	m, f, kids := newFakeMaster(t, 1, Config{})
+	garbage := make([]byte, 16) // command 0: never a message
+	if err := unix.Sendmsg(kids[0].far.Fd, garbage, nil, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	m.onChannel(kids[0].kid, &epoll.Event{Events: epoll.In})
+	if got := f.killed(kids[0].pid); len(got) != 1 || got[0] != unix.SIGKILL || kids[0].state != draining {
+		t.Fatalf("after a malformed message: signals %v, state %v; want SIGKILL, draining", got, kids[0].state)
+	}
+}
