@@ -94,6 +94,12 @@ func (m *Master) startAdmin(addr string) error {
 	network, address := "tcp", addr
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, address = "unix", p
+	} else if host, _, err := net.SplitHostPort(addr); err == nil {
+		// An empty host is IPv4's any address, as for -listen; and an IPv4
+		// address binds IPv4 alone (Go's "tcp" makes 0.0.0.0 dual-stack).
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.To4() != nil {
+			network = "tcp4"
+		}
 	}
 	ln, err := inheritedAdmin(network, address)
 	if ln == nil && err == nil {
@@ -405,11 +411,11 @@ func inheritedAdmin(network, address string) (net.Listener, error) {
 }
 
 func sameAddr(a net.Addr, network, address string) bool {
-	if a.Network() != network {
-		return false
-	}
 	if network == "unix" {
-		return a.String() == address
+		return a.Network() == "unix" && a.String() == address
+	}
+	if a.Network() != "tcp" { // tcp4 and tcp6 listeners say tcp
+		return false
 	}
 	want, err := net.ResolveTCPAddr("tcp", address)
 	got, ok := a.(*net.TCPAddr)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -733,5 +734,24 @@ func testAccessLog(t *testing.T, args ...string) {
 	expect(path, second)
 	if got := readLines(rotated); len(got) != len(first) {
 		t.Errorf("the rotated file has %d lines after the reopen, want the %d from before:\n%s", len(got), len(first), strings.Join(got, "\n"))
+	}
+}
+
+// An empty host means IPv4's any address for -admin as for -listen: the
+// admin listener logs 0.0.0.0 and answers on IPv4 loopback only.
+func TestAdminEmptyHostIsIPv4(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=1", "-admin=:0", "-admin-public")
+	addr := adminAddr(t, s)
+	if !strings.HasPrefix(addr, "0.0.0.0:") {
+		t.Fatalf("-admin :0 listens on %s, want 0.0.0.0:PORT", addr)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if _, err := adminGet("127.0.0.1:"+port, "/healthz"); err != nil {
+		t.Errorf("admin over IPv4 loopback: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", "[::1]:"+port, time.Second); err == nil {
+		c.Close()
+		t.Errorf("admin %s also answers on [::1]", addr)
 	}
 }
