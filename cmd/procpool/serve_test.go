@@ -206,3 +206,28 @@ func TestMalformedRequest(t *testing.T) {
 		t.Fatalf("new connection after the bad requests: %+v", r)
 	}
 }
+
+// The built-in routes as the README lists them.
+func TestBuiltinRoutes(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=1")
+	s.waitReady(1)
+	for _, tc := range []struct {
+		req, body string
+		status    int
+	}{
+		{"GET / HTTP/1.1\r\nHost: t\r\n\r\n", helloBody, 200},
+		{"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", helloBody, 200}, // a body is ignored
+		{"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", "abc", 200},
+		{"DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", "", 200},
+		{"GET /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n", "xyz", 200},
+		{"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", "Not Found\n", 404},
+	} {
+		c := s.dial(t)
+		r, err := c.roundTrip(tc.req)
+		if err != nil || r.status != tc.status || r.body != tc.body {
+			t.Errorf("%q: %+v %v; want %d %q", tc.req, r, err, tc.status, tc.body)
+		}
+		c.Close()
+	}
+}
