@@ -119,7 +119,13 @@ func (tc *testChild) send(t *testing.T, cmd ipc.Cmd) {
 // rather than hanging it.
 func (tc *testChild) dial(t *testing.T) *client {
 	t.Helper()
-	nc, err := net.Dial("tcp", tc.addr)
+	return tc.dialWith(t, &net.Dialer{})
+}
+
+// dialWith is dial through d (from another local address, say).
+func (tc *testChild) dialWith(t *testing.T, d *net.Dialer) *client {
+	t.Helper()
+	nc, err := d.Dial("tcp", tc.addr)
 	if err != nil {
 		t.Fatal(err)
 	}

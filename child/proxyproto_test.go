@@ -1,7 +1,6 @@
 package child
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
@@ -378,23 +376,7 @@ func TestProxyThroughChild(t *testing.T) {
 	cfg := Config{AccessLog: alog, Proxy: &ProxyConfig{From: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}}}
 	tc := startChild(t, cfg, HandlerFunc(echoRemote))
 	dialFrom := func(from string) *client {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-		nc, err := d.Dial("tcp", tc.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { nc.Close() })
-		nc.SetDeadline(time.Now().Add(20 * time.Second))
-		fd, _, err := unix.Accept4(tc.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = tc.master.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{fd})
-		unix.Close(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &client{Conn: nc, br: bufio.NewReader(nc)}
+		return tc.dialWith(t, &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}})
 	}
 
 	lb := dialFrom("127.0.0.2")

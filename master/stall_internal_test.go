@@ -167,6 +167,17 @@ func (k testKid) take(t *testing.T) (fds int, cmds []ipc.Cmd) {
 	}
 }
 
+// dealt is how many connections each child finds in its channel.
+func dealt(t *testing.T, kids []testKid) []int {
+	t.Helper()
+	var got []int
+	for _, k := range kids {
+		n, _ := k.take(t)
+		got = append(got, n)
+	}
+	return got
+}
+
 // accept moves a child's counters as if it had taken n connections.
 func (m *Master) accepted(k testKid, n uint64) {
 	c := m.stats.Cell(k.cell)
@@ -191,12 +202,7 @@ func TestDispatchSkipsStalled(t *testing.T) {
 	kids[1].h.stalled.Store(true)
 	m.queue = conns(t, 10)
 	m.dispatch()
-	got := []int{}
-	for _, k := range kids {
-		n, _ := k.take(t)
-		got = append(got, n)
-	}
-	if got[1] != 0 || got[0]+got[2] != 10 || got[0] != 5 {
+	if got := dealt(t, kids); got[1] != 0 || got[0]+got[2] != 10 || got[0] != 5 {
 		t.Errorf("dealt %v to children whose second is stalled, want [5 0 5]", got)
 	}
 }
@@ -218,11 +224,7 @@ func TestDispatchLeast(t *testing.T) {
 	}
 	m.queue = conns(t, 6)
 	m.dispatch()
-	got := []int{}
-	for _, k := range kids {
-		n, _ := k.take(t)
-		got = append(got, n)
-	}
+	got := dealt(t, kids)
 	// From loads 4, 1, 0 the six go 2, 1, 2, 1, 2, 1: ties are broken in
 	// round-robin order, and child 0 is never the least loaded.
 	if got[0] != 0 || got[1]+got[2] != 6 || got[1] != 3 || got[2] != 3 {
