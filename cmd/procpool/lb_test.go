@@ -65,11 +65,14 @@ const getClose = "GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
 // stop begins; with -shutdown-delay the server goes on accepting and
 // answering for the delay, every answer with Connection: close, and only
 // then stops gracefully. /healthz answers 200 throughout.
-func TestShutdownDelay(t *testing.T) {
+func TestShutdownDelay(t *testing.T) { inBothModes(t, testShutdownDelay) }
+
+// inBothModes runs test once per mode, in parallel.
+func inBothModes(t *testing.T, test func(*testing.T, string)) {
 	for _, mode := range []string{"fdpass", "reuseport"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			testShutdownDelay(t, mode)
+			test(t, mode)
 		})
 	}
 }
@@ -151,14 +154,7 @@ func TestReadyzDuringStop(t *testing.T) {
 // log the client's address; one from an address -proxy-from does not name
 // closes the connection unanswered; a plain request from there is served
 // under its own address.
-func TestProxyProtocol(t *testing.T) {
-	for _, mode := range []string{"fdpass", "reuseport"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			testProxyProtocol(t, mode)
-		})
-	}
-}
+func TestProxyProtocol(t *testing.T) { inBothModes(t, testProxyProtocol) }
 
 func testProxyProtocol(t *testing.T, mode string) {
 	logPath := filepath.Join(t.TempDir(), "access.log")
