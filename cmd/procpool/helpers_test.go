@@ -93,6 +93,7 @@ type server struct {
 	log    *logBuf
 	exited chan struct{} // closed once the master has been waited for
 	stderr *os.File      // read end of the master's (and children's) stderr
+	logEOF chan struct{} // closed once readLog has read all of it
 
 	mu   sync.Mutex
 	kids map[int]procID // every child ever seen, by pid
@@ -160,7 +161,7 @@ func launch(t *testing.T, cmd *exec.Cmd) *server {
 	}
 	w.Close()
 	s := &server{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogBuf(), exited: make(chan struct{}),
-		stderr: r, kids: map[int]procID{}}
+		stderr: r, logEOF: make(chan struct{}), kids: map[int]procID{}}
 	go s.readLog()
 	go func() {
 		cmd.Wait()
@@ -171,6 +172,7 @@ func launch(t *testing.T, cmd *exec.Cmd) *server {
 }
 
 func (s *server) readLog() {
+	defer close(s.logEOF)
 	sc := bufio.NewScanner(s.stderr)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -285,6 +287,12 @@ func (s *server) waitExit(timeout time.Duration, after string) {
 	case <-s.exited:
 	case <-time.After(timeout):
 		s.t.Fatalf("master still running %v after %s; log:\n%s", timeout, after, s.log)
+	}
+	// Its last lines may still be in the pipe: read them before the test
+	// looks (the pipe ends once the master and its children are gone).
+	select {
+	case <-s.logEOF:
+	case <-time.After(ioTimeout):
 	}
 }
 
