@@ -1,7 +1,7 @@
 /*
  * floor-fdpass: the C floor of procpool's fdpass design, for scripts/bench.
  *
- *   cc -O2 -o floor-fdpass scripts/floor-fdpass.c && ./floor-fdpass PORT WORKERS
+ *   cc -O2 -o floor-fdpass scripts/floor-fdpass.c && ./floor-fdpass PORT WORKERS [DEFER]
  *
  * A master owns the one listening socket on 127.0.0.1:PORT. On each wake-up
  * it accepts until EAGAIN, deals the connections round-robin to WORKERS
@@ -17,6 +17,9 @@
  * MSG_DONTWAIT; accepted sockets stay blocking so that a write completes.
  * This is the naive design: every connection wakes the master and then a
  * child, and nothing shares those wake-ups beyond what arrives together.
+ * DEFER, when given and > 0, sets TCP_DEFER_ACCEPT (seconds) on the listener:
+ * the kernel then queues a connection for accept only once its first bytes
+ * have arrived.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -162,11 +165,11 @@ static void give(int ch, int *batch, int n) {
 }
 
 int main(int argc, char **argv) {
-	if (argc != 3 || atoi(argv[2]) < 1 || atoi(argv[2]) > MAXKIDS) {
-		fprintf(stderr, "usage: floor-fdpass PORT WORKERS(1-%d)\n", MAXKIDS);
+	if (argc < 3 || argc > 4 || atoi(argv[2]) < 1 || atoi(argv[2]) > MAXKIDS) {
+		fprintf(stderr, "usage: floor-fdpass PORT WORKERS(1-%d) [DEFER]\n", MAXKIDS);
 		return 2;
 	}
-	int port = atoi(argv[1]), workers = atoi(argv[2]), one = 1, ch[MAXKIDS], cpus[CPU_SETSIZE], ncpu = 0;
+	int port = atoi(argv[1]), workers = atoi(argv[2]), defer = argc > 3 ? atoi(argv[3]) : 0, one = 1, ch[MAXKIDS], cpus[CPU_SETSIZE], ncpu = 0;
 	cpu_set_t allowed;
 	sched_getaffinity(0, sizeof allowed, &allowed);
 	for (int c = 0; c < CPU_SETSIZE; c++)
@@ -195,7 +198,8 @@ int main(int argc, char **argv) {
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
-	    bind(ls, (struct sockaddr *)&sa, sizeof sa) || listen(ls, SOMAXCONN)) {
+	    bind(ls, (struct sockaddr *)&sa, sizeof sa) || listen(ls, SOMAXCONN) ||
+	    (defer > 0 && setsockopt(ls, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer))) {
 		perror("floor-fdpass: listen");
 		return 2;
 	}
