@@ -24,7 +24,7 @@ import (
 // from goroutines of the master process, never from a child and never from
 // the master's loop: the loop publishes an immutable view of its children
 // whenever they change, and the counters are read straight from the shared
-// stats region. Serving it costs the children nothing.
+// children's cells. Serving it costs the children nothing.
 
 // view is what the loop publishes about the pool.
 type view struct {

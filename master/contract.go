@@ -57,7 +57,7 @@ const (
 const (
 	EnvSlot = "PROCPOOL_SLOT" // its slot in the pool
 	EnvGen  = "PROCPOOL_GEN"  // its generation: reloads so far
-	EnvCell = "PROCPOOL_CELL" // its cell in the stats region
+	EnvCell = "PROCPOOL_CELL" // the master's number for its stats cell
 	// EnvListen is the address the master resolved (port 0 made concrete);
 	// reuseport children bind exactly this.
 	EnvListen = "PROCPOOL_LISTEN"
@@ -87,7 +87,7 @@ const readyByte = 'R'
 
 // childStart is what a child of slot and gen is started with: its files,
 // indexed by fd number, and its environment. null is /dev/null, channel the
-// child's end of its channel, stats the stats region.
+// child's end of its channel, stats its stats cell's memfd.
 func childStart(slot, gen, cell int, addr string, null, channel, stats int) (files []uintptr, env []string) {
 	files = make([]uintptr, StatsFd+1)
 	files[0] = uintptr(null)
@@ -123,7 +123,7 @@ type Child struct {
 }
 
 // OpenChild reads back what the master started this child with: it maps
-// the stats region, takes the child's cell and marks it opened (the master
+// the child's stats cell and marks it opened (the master
 // checks the mark once the child says ready). It fails when this process
 // is not a child or was started without a part of it. Call it once.
 func OpenChild() (Child, error) {

@@ -38,7 +38,7 @@ type kid struct {
 	full    bool  // its channel returned EAGAIN; wait for EPOLLOUT
 	killed  bool
 	hung    bool // killed by the watchdog
-	cell    int  // its counters in the shared stats region
+	cell    int  // its counters: a cell of m.stats, shared with it alone
 	h       health
 	// stalledAt is when the current stall began (unix ns); warned, whether
 	// it was logged.

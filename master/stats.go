@@ -8,7 +8,7 @@ import (
 
 var errNoCell = errors.New("no free stats cell: too many children")
 
-// allocCell takes a free cell of the stats region and zeroes it.
+// allocCell takes a free stats cell (a memfd of its own) and zeroes it.
 func (m *Master) allocCell() (int, bool) {
 	if len(m.freeCells) == 0 {
 		if m.nextCell == ipc.Cells {
