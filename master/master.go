@@ -85,6 +85,10 @@ type Config struct {
 	Stall time.Duration
 	// Watchdog kills a child stalled for longer than this (0: never).
 	Watchdog time.Duration
+	// DeferAccept, in fdpass mode on TCP, sets TCP_DEFER_ACCEPT on the
+	// listener: the master wakes for a connection only once its first bytes
+	// have arrived (0: off; see deferAccept).
+	DeferAccept time.Duration
 	// Recycling: a child is replaced (replacement first, then hand-back)
 	// once it has answered MaxRequests requests, lived MaxLifetime, or its
 	// resident size reached MaxRSS bytes; each limit is lowered by up to
@@ -239,6 +243,10 @@ func start(cfg Config) (*Master, error) {
 		m.lfd, err = Listen(cfg.Listen, cfg.Backlog, false)
 	}
 	if err != nil {
+		m.close()
+		return nil, err
+	}
+	if err = deferAccept(m.lfd, cfg); err != nil {
 		m.close()
 		return nil, err
 	}

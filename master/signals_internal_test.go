@@ -130,7 +130,7 @@ func TestReloadableFields(t *testing.T) {
 		"MaxRequests": true, "MaxLifetime": true, "MaxRSS": true, "RecycleJitter": true,
 		// How the master listens and is run and controlled: fixed until a
 		// restart or an upgrade (Listen and Mode are refused outright).
-		"Listen": false, "Mode": false, "Backlog": false, "ListenFd": false, "UpgradeFd": false, "Admin": false, "AdminPublic": false,
+		"Listen": false, "Mode": false, "Backlog": false, "DeferAccept": false, "ListenFd": false, "UpgradeFd": false, "Admin": false, "AdminPublic": false,
 		"Log": false, "Reload": false, "Ready": false, "Exe": false, "MasterArgs": false, "Pidfile": false,
 		"Reopen": false, "Credential": false, "ListenMode": false,
 		// How the master stops: the shutdown delay is read at SIGTERM; a

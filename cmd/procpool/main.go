@@ -148,6 +148,8 @@ func (s *settings) masterConfig() (master.Config, error) {
 		Dispatch:   s.dispatch,
 		Stall:      stallSetting(s.stall),
 		Watchdog:   s.watchdog,
+		// The listener.
+		DeferAccept: s.deferAccept,
 		// Recycling.
 		MaxRequests:   s.maxRequests,
 		MaxLifetime:   s.maxLifetime,

@@ -10,7 +10,7 @@ import (
 // with a line naming it, as the master refuses -listen and -mode; every
 // other setting is applied (the new generation of children is started
 // with it). TestReloadDecisions fails for a flag missing from both lists.
-var fixedOnReload = []string{"listen", "mode", "backlog", "listen-mode", "daemon", "pidfile", "log", "log-json",
+var fixedOnReload = []string{"listen", "mode", "backlog", "defer-accept", "listen-mode", "daemon", "pidfile", "log", "log-json",
 	"user", "admin", "admin-public", "shutdown-delay"}
 
 // notSettings are flags that are not settings of a running server.

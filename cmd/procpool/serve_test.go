@@ -231,3 +231,19 @@ func TestBuiltinRoutes(t *testing.T) {
 		c.Close()
 	}
 }
+
+// With -defer-accept a client that sends its request, at once or after a
+// pause, is served as usual.
+func TestDeferAcceptServes(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "-workers=2", "-defer-accept=1s")
+	s.waitReady(2)
+	if r := s.get(t, "/"); r.status != 200 || r.body != helloBody {
+		t.Fatalf("GET /: %+v", r)
+	}
+	c := s.dial(t)
+	time.Sleep(200 * time.Millisecond) // the request comes later than the connect
+	if r, err := c.roundTrip("GET / HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil || r.status != 200 {
+		t.Fatalf("GET / sent 200 ms after the connect: %+v %v", r, err)
+	}
+}

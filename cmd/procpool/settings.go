@@ -49,6 +49,7 @@ type settings struct {
 	recycleJitter shareFlag
 	stall         time.Duration
 	watchdog      time.Duration
+	deferAccept   time.Duration
 	lb            lbSettings // behind a load balancer (lbflags.go)
 
 	// args holds the command line as given, so that a reload can apply it
@@ -102,6 +103,7 @@ func newFlagSet(s *settings) *flag.FlagSet {
 	fs.StringVar(&s.dispatch, "dispatch", master.DispatchRR, "order in which the master deals connections: rr (round-robin) or least (fewest outstanding)")
 	fs.DurationVar(&s.stall, "stall", master.DefaultStall, "a child with connections waiting and no progress for this long is dealt nothing and its queue is taken back (0: off)")
 	fs.DurationVar(&s.watchdog, "watchdog", 0, "kill and replace a child stalled for longer than this, logging the request it is stuck in (0: never)")
+	fs.DurationVar(&s.deferAccept, "defer-accept", 0, "fdpass: accept a connection only once its first bytes arrived (TCP_DEFER_ACCEPT, whole seconds): half the CPU per short connection, but a client that waits for the server to speak first is accepted a second late (0: off)")
 	fs.Uint64Var(&s.maxRequests, "max-requests", 0, "recycle a child after this many requests: a replacement starts first, then the child hands its connections back (0: never)")
 	fs.DurationVar(&s.maxLifetime, "max-lifetime", 0, "recycle a child after it has run this long (0: never)")
 	s.recycleJitter = master.DefaultRecycleJitter
@@ -324,6 +326,8 @@ func (s *settings) validate() error {
 		return bad("stall", "-stall: must not be negative, got %v", s.stall)
 	case s.watchdog < 0:
 		return bad("watchdog", "-watchdog: must not be negative, got %v", s.watchdog)
+	case s.deferAccept < 0:
+		return bad("defer-accept", "-defer-accept: must not be negative, got %v", s.deferAccept)
 	case s.maxLifetime < 0:
 		return bad("max-lifetime", "-max-lifetime: must not be negative, got %v", s.maxLifetime)
 	case s.watchdog > 0 && s.stall > 0 && s.watchdog <= s.stall:
