@@ -468,6 +468,7 @@ func failUpgrade(t *testing.T, s *server, bin, pidfile string) {
 		t.Fatalf("-s upgrade exited %d: %s", code, stderr)
 	}
 	waitLog(t, s, `msg="upgrade failed`)
+	waitLog(t, s, `msg="new master exited"`) // reaped: no longer among the children
 }
 
 // crashServer starts the build with crashhook.go, whose children exit with
