@@ -49,11 +49,12 @@ type Cell struct {
 	// What the child is doing now, for the master's stall rule and its
 	// watchdog. Turns is the child's heartbeat: its loop stores a new value
 	// every turn, so a child whose loop is blocked (a long inline handler, a
-	// stop, a page-fault storm) shows no change. InFlight counts requests in
-	// a handler. ReqStart is when the request described by ReqMethod and
-	// ReqPath entered its handler (unix ns; 0: none; -1: being written):
-	// in inline mode the one request the loop runs, in pool mode the first
-	// of those running that claimed the slot.
+	// stop, a page-fault storm) shows no change. InFlight counts the pool
+	// workers' requests in a handler (Running reads it). ReqStart is when the
+	// request described by ReqMethod and ReqPath entered its handler (unix
+	// ns; 0: none; -1: a pool worker is writing it): in inline mode the one
+	// request the loop runs, in pool mode the first of those running that
+	// claimed the slot.
 	Turns      atomic.Uint64
 	HandedBack atomic.Uint64 // connections given back to the master when retired
 	// Fresh counts the connections taken from clients, not handed on from
@@ -150,18 +151,17 @@ func (s *Stats) Reset(i int) { clear(s.mem[i]) }
 // Begin records that a request entered its handler at now (unix ns). It
 // claims the request slot when it is free and reports whether it did; the
 // caller passes that to End. shared says that other goroutines of the child
-// (pool workers) may call Begin at the same time; the loop of an inline
-// child is alone and pays no locked instruction.
+// (pool workers) may call Begin at the same time. The loop of an inline
+// child is alone: it pays one store here and one in End, on every request.
+// It needs no "being written" mark, since End has stored 0 before the next
+// Begin writes the bytes, and a reader that saw the old start sees it change.
 func (c *Cell) Begin(now int64, method, path []byte, shared bool) bool {
 	return c.BeginFrom(now, method, path, netip.AddrPort{}, shared)
 }
 
 // BeginFrom is Begin for a request whose client is known.
 func (c *Cell) BeginFrom(now int64, method, path []byte, client netip.AddrPort, shared bool) bool {
-	if !shared {
-		c.InFlight.Store(1)
-		c.ReqStart.Store(-1)
-	} else {
+	if shared {
 		c.InFlight.Add(1)
 		if !c.ReqStart.CompareAndSwap(0, -1) {
 			return false // an older request holds the slot
@@ -187,11 +187,21 @@ func (c *Cell) End(claimed, shared bool) {
 	if claimed {
 		c.ReqStart.Store(0)
 	}
-	if !shared {
-		c.InFlight.Store(0)
-	} else {
+	if shared {
 		c.InFlight.Add(-1)
 	}
+}
+
+// Running is how many requests the child has in a handler: the pool's count,
+// or the inline loop's one request when it published one.
+func (c *Cell) Running() int64 {
+	if n := c.InFlight.Load(); n > 0 {
+		return n
+	}
+	if c.ReqStart.Load() != 0 {
+		return 1
+	}
+	return 0
 }
 
 // Current is the request a child published with Begin: its method, path and

@@ -45,3 +45,31 @@ func TestCellIsolation(t *testing.T) {
 		t.Errorf("reopened cell: Closed %d, %v; want 0", s.Cell(1).Closed.Load(), err)
 	}
 }
+
+// What a child publishes about the request it runs, inline and in a pool.
+func TestCellCurrentRequest(t *testing.T) {
+	var c ipc.Cell
+	if _, _, _, ok := c.Current(); ok || c.Running() != 0 {
+		t.Fatal("a fresh cell shows a request")
+	}
+	claimed := c.Begin(42, []byte("GET"), []byte("/a/very/long/path/that/does/not/fit/in/forty-eight/bytes"), false)
+	m, p, start, ok := c.Current()
+	if !claimed || !ok || m != "GET" || start != 42 || len(p) != 48 || c.Running() != 1 {
+		t.Fatalf("inline: %q %q %d %v, running %d", m, p, start, ok, c.Running())
+	}
+	c.End(claimed, false)
+	if _, _, _, ok := c.Current(); ok || c.Running() != 0 {
+		t.Fatal("the request is still shown after End")
+	}
+	// Pool workers: the first claims the slot, a second only counts.
+	first := c.Begin(1, []byte("POST"), []byte("/x"), true)
+	second := c.Begin(2, []byte("PUT"), []byte("/y"), true)
+	if m, _, _, _ := c.Current(); !first || second || m != "POST" || c.Running() != 2 {
+		t.Fatalf("pool: first %v second %v, shows %q, running %d", first, second, m, c.Running())
+	}
+	c.End(first, true)
+	c.End(second, true)
+	if c.Running() != 0 {
+		t.Fatalf("pool: running %d after both ended", c.Running())
+	}
+}

@@ -381,7 +381,7 @@ func (a *admin) progress(cs *ChildStatus, c childView) {
 	cs.HandedBack = cell.HandedBack.Load()
 	cs.Recycle, cs.Replaces = c.recycle, c.replaces
 	cs.WatchdogKills = c.watchdogKills
-	cs.InFlight = cell.InFlight.Load()
+	cs.InFlight = cell.Running()
 	if method, path, start, ok := cell.Current(); ok {
 		cs.Request = &RequestStatus{Method: method, Path: path, Age: time.Duration(now - start).Seconds(),
 			Client: clientOf(cell)}
