@@ -82,7 +82,7 @@ func Run(cfg Config, h Handler) error {
 		return err
 	}
 	defer l.close()
-	err = l.ch.Send(ipc.Msg{Cmd: ipc.CmdReady, Pid: int32(os.Getpid()), Slot: int32(cfg.Slot)}, nil)
+	err = l.ch.Send(ipc.Msg{Cmd: ipc.CmdReady, Pid: int32(l.pid), Slot: int32(cfg.Slot)}, nil)
 	if err != nil {
 		return fmt.Errorf("child: announce ready: %w", err)
 	}
@@ -247,7 +247,7 @@ func (l *loop) onChannel() error {
 		case ipc.CmdPing:
 			// The master thinks we are stuck: say we are not. A full channel
 			// can be ignored, the master wakes for what fills it anyway.
-			l.ch.Send(ipc.Msg{Cmd: ipc.CmdPing, Pid: int32(os.Getpid()), Slot: int32(l.cfg.Slot)}, nil)
+			l.ch.Send(ipc.Msg{Cmd: ipc.CmdPing, Pid: int32(l.pid), Slot: int32(l.cfg.Slot)}, nil)
 		}
 	}
 	return nil
@@ -483,7 +483,7 @@ func (l *loop) drain(asked bool) {
 		return
 	}
 	if !asked {
-		if err := l.ch.Send(ipc.Msg{Cmd: ipc.CmdDraining, Pid: int32(os.Getpid()), Slot: int32(l.cfg.Slot)}, nil); err != nil {
+		if err := l.ch.Send(ipc.Msg{Cmd: ipc.CmdDraining, Pid: int32(l.pid), Slot: int32(l.cfg.Slot)}, nil); err != nil {
 			l.cfg.Log.Error("announce drain", "err", err)
 		}
 	}

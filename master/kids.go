@@ -415,7 +415,7 @@ func (m *Master) tell(k *kid, cmd ipc.Cmd) { m.tellArg(k, cmd, 0) }
 // tellArg is tell with the command's argument.
 func (m *Master) tellArg(k *kid, cmd ipc.Cmd, arg uint32) {
 	if k.ch != nil {
-		err := k.ch.Send(ipc.Msg{Cmd: cmd, Pid: int32(os.Getpid()), Slot: int32(k.slot), Arg: arg}, nil)
+		err := k.ch.Send(ipc.Msg{Cmd: cmd, Pid: int32(m.pid), Slot: int32(k.slot), Arg: arg}, nil)
 		if err == nil {
 			return
 		}
