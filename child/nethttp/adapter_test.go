@@ -205,45 +205,61 @@ func wantCanceled(t *testing.T, errs <-chan error, what string) {
 	}
 }
 
-// The context is cancelled when the client goes away.
-func TestContextCancelledWhenClientCloses(t *testing.T) {
-	started, errs := make(chan struct{}), make(chan error, 1)
-	lc := startChild(t, child.Config{}, nethttp.Handler(waitCtx(false, started, errs)))
-	nc := lc.dial(t)
-	io.WriteString(nc, get("/wait"))
-	<-started
-	time.Sleep(50 * time.Millisecond) // the handler is in its select
-	nc.Close()
-	wantCanceled(t, errs, "client closed")
-}
-
-// A client that half-closes after pipelining a request behind the one in
-// progress has still gone away, as net/http sees it.
-func TestContextCancelledOnHalfClose(t *testing.T) {
-	started, errs := make(chan struct{}, 2), make(chan error, 2)
-	lc := startChild(t, child.Config{}, nethttp.Handler(waitCtx(false, started, errs)))
-	nc := lc.dial(t)
-	io.WriteString(nc, get("/wait")+get("/next"))
-	<-started
-	nc.(*net.TCPConn).CloseWrite()
-	wantCanceled(t, errs, "half-closed")
-}
-
-// A stream's context is cancelled when the child drains (reload, graceful
-// stop): it ends properly and the client gets Connection: close.
-func TestContextCancelledOnDrainWhileStreaming(t *testing.T) {
-	started, errs := make(chan struct{}), make(chan error, 1)
-	lc := startChild(t, child.Config{}, nethttp.Handler(waitCtx(true, started, errs)))
-	nc := lc.dial(t)
-	io.WriteString(nc, get("/events"))
-	<-started
-	lc.send(t, ipc.CmdDrain)
-	wantCanceled(t, errs, "drain")
-	resp, body := readResp(t, bufio.NewReader(nc), "GET")
-	if body != "data: hello\n\n" {
-		t.Errorf("stream body %q", body)
+// A handler's context is cancelled when the client goes away, when the
+// child drains while the handler streams, and on a fast stop.
+func TestContextCancelled(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		stream bool   // the handler flushes an event before it waits
+		in     string // what the client sends; the first request waits
+		// cancel does what must cancel the waiting handler.
+		cancel func(t *testing.T, lc *liveChild, nc net.Conn)
+		// after checks what the client and the child see once it has.
+		after func(t *testing.T, lc *liveChild, nc net.Conn)
+	}{
+		{name: "client closed", in: get("/wait"), cancel: func(t *testing.T, lc *liveChild, nc net.Conn) {
+			time.Sleep(50 * time.Millisecond) // the handler is in its select
+			nc.Close()
+		}},
+		// A client that half-closes after pipelining a request behind the one
+		// in progress has still gone away, as net/http sees it.
+		{name: "half-closed", in: get("/wait") + get("/next"), cancel: func(t *testing.T, lc *liveChild, nc net.Conn) {
+			nc.(*net.TCPConn).CloseWrite()
+		}},
+		// A drain (reload, graceful stop) cancels a stream: it ends properly
+		// and the client gets Connection: close.
+		{name: "drain", stream: true, in: get("/events"), cancel: func(t *testing.T, lc *liveChild, nc net.Conn) {
+			lc.send(t, ipc.CmdDrain)
+		}, after: func(t *testing.T, lc *liveChild, nc net.Conn) {
+			if _, body := readResp(t, bufio.NewReader(nc), "GET"); body != "data: hello\n\n" {
+				t.Errorf("stream body %q", body)
+			}
+		}},
+		// A fast stop cancels every waiting handler, so that the child can exit.
+		{name: "stop", in: get("/wait"), cancel: func(t *testing.T, lc *liveChild, nc net.Conn) {
+			lc.send(t, ipc.CmdStop)
+		}, after: func(t *testing.T, lc *liveChild, nc net.Conn) {
+			select {
+			case <-lc.done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("child.Run did not return")
+			}
+			lc.done <- nil // for the cleanup
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			started, errs := make(chan struct{}, 2), make(chan error, 2)
+			lc := startChild(t, child.Config{}, nethttp.Handler(waitCtx(tc.stream, started, errs)))
+			nc := lc.dial(t)
+			io.WriteString(nc, tc.in)
+			<-started
+			tc.cancel(t, lc, nc)
+			wantCanceled(t, errs, tc.name)
+			if tc.after != nil {
+				tc.after(t, lc, nc)
+			}
+		})
 	}
-	_ = resp
 }
 
 // A request that has not streamed anything runs on through a drain: a
@@ -290,23 +306,6 @@ func TestGoAwaySaysClose(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("after the answer: %v, want EOF", err)
 	}
-}
-
-// A fast stop cancels every waiting handler, so that the child can exit.
-func TestContextCancelledOnStop(t *testing.T) {
-	started, errs := make(chan struct{}), make(chan error, 1)
-	lc := startChild(t, child.Config{}, nethttp.Handler(waitCtx(false, started, errs)))
-	nc := lc.dial(t)
-	io.WriteString(nc, get("/wait"))
-	<-started
-	lc.send(t, ipc.CmdStop)
-	wantCanceled(t, errs, "stop")
-	select {
-	case <-lc.done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("child.Run did not return")
-	}
-	lc.done <- nil // for the cleanup
 }
 
 // The context is done once the handler has returned, for goroutines that
