@@ -52,37 +52,42 @@ func bigBody(n int) string {
 	return b.String()[:n]
 }
 
+// writes is a handler that writes body and nothing else.
+func writes(body string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, body)
+	}
+}
+
 type compareCase struct {
 	name    string
 	h       http.HandlerFunc
-	in      string   // the client's bytes
+	in      string   // the client's bytes; default one GET /
 	methods []string // one per expected response; default one GET
 }
 
 func compareCases() []compareCase {
 	large := bigBody(3000)
 	huge := bigBody(1 << 20)
-	return []compareCase{
+	cases := []compareCase{
 		{name: "hello", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
 			w.Write([]byte("Hello World"))
-		}, in: get("/")},
-		{name: "sniffed html", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "<!DOCTYPE html><html><body>hi</body></html>")
-		}, in: get("/")},
+		}},
+		{name: "sniffed html", h: writes("<!DOCTYPE html><html><body>hi</body></html>")},
 		{name: "sniffed binary", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte{0, 1, 2, 3, 0xff})
-		}, in: get("/")},
+		}},
 		{name: "content-encoding not sniffed", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Encoding", "gzip")
 			w.Write([]byte("not really gzip"))
-		}, in: get("/")},
-		{name: "nothing written", h: func(w http.ResponseWriter, r *http.Request) {}, in: get("/")},
+		}},
+		{name: "nothing written", h: func(w http.ResponseWriter, r *http.Request) {}},
 		{name: "201 with body", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Location", "/thing/1")
 			w.WriteHeader(http.StatusCreated)
 			io.WriteString(w, "made")
-		}, in: get("/")},
+		}},
 		{name: "204 refuses a body", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "5")
 			w.Header().Set("Content-Type", "text/plain")
@@ -90,19 +95,19 @@ func compareCases() []compareCase {
 			if _, err := io.WriteString(w, "hello"); err != http.ErrBodyNotAllowed {
 				panic(err)
 			}
-		}, in: get("/")},
+		}},
 		{name: "304 drops content headers", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
 			w.Header().Set("Etag", `"x"`)
 			w.WriteHeader(http.StatusNotModified)
-		}, in: get("/")},
+		}},
 		{name: "unknown status", h: func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(799)
 			io.WriteString(w, "odd")
-		}, in: get("/")},
+		}},
 		{name: "http.Error", h: func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "no such thing", http.StatusNotFound)
-		}, in: get("/")},
+		}},
 		{name: "redirect", h: func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/elsewhere?a=1", http.StatusFound)
 		}, in: get("/here")},
@@ -117,7 +122,7 @@ func compareCases() []compareCase {
 			h.Set("Set-Cookie", "a=1")
 			h.Add("Set-Cookie", "b=2")
 			io.WriteString(w, "ok")
-		}, in: get("/")},
+		}},
 		{name: "explicit content-length", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "5")
 			io.WriteString(w, "hello")
@@ -128,29 +133,23 @@ func compareCases() []compareCase {
 				panic(err)
 			}
 			io.WriteString(w, "hey")
-		}, in: get("/")},
+		}},
 		{name: "content-length short closes", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "10")
 			w.Write([]byte("hello"))
-		}, in: get("/"), methods: []string{"HEAD"}}, // read as HEAD: the body never comes whole
+		}, methods: []string{"HEAD"}}, // read as HEAD: the body never comes whole
 		{name: "invalid content-length dropped", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "ten")
 			io.WriteString(w, "hello")
-		}, in: get("/")},
-		{name: "2 KiB is the content-length limit", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, large[:2048])
-		}, in: get("/")},
-		{name: "over 2 KiB is chunked", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, large)
-		}, in: get("/") + get("/")},
+		}},
+		{name: "2 KiB is the content-length limit", h: writes(large[:2048])},
+		{name: "over 2 KiB is chunked", h: writes(large), in: get("/") + get("/")},
 		{name: "many small writes chunked", h: func(w http.ResponseWriter, r *http.Request) {
 			for i := 0; i < 500; i++ {
 				fmt.Fprintf(w, "%d,", i)
 			}
-		}, in: get("/")},
-		{name: "1 MiB chunked", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, huge)
-		}, in: get("/")},
+		}},
+		{name: "1 MiB chunked", h: writes(huge)},
 		{name: "1 MiB with content-length", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", fmt.Sprint(len(huge)))
 			w.Header().Set("Content-Type", "text/plain")
@@ -168,18 +167,18 @@ func compareCases() []compareCase {
 		{name: "flush before writing", h: func(w http.ResponseWriter, r *http.Request) {
 			w.(http.Flusher).Flush()
 			io.WriteString(w, "after")
-		}, in: get("/")},
+		}},
 		{name: "response controller flush", h: func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "one")
 			if err := http.NewResponseController(w).Flush(); err != nil {
 				panic(err)
 			}
 			io.WriteString(w, "two")
-		}, in: get("/")},
+		}},
 		{name: "identity transfer-encoding ends with the connection", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Transfer-Encoding", "identity")
 			io.WriteString(w, large)
-		}, in: get("/")},
+		}},
 		{name: "declared trailers", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Trailer", "X-Sum, X-Count")
 			io.WriteString(w, "body")
@@ -189,47 +188,35 @@ func compareCases() []compareCase {
 		{name: "trailer prefix", h: func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "body")
 			w.Header().Set(http.TrailerPrefix+"X-Late", "yes")
-		}, in: get("/")},
+		}},
 		{name: "header changed after WriteHeader is ignored", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("X-Before", "1")
 			w.WriteHeader(http.StatusAccepted)
 			w.Header().Set("X-After", "2")
 			io.WriteString(w, "x")
-		}, in: get("/")},
+		}},
 		{name: "superfluous WriteHeader", h: func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusTeapot)
 			w.WriteHeader(http.StatusOK)
-		}, in: get("/")},
+		}},
 		{name: "1xx early hints", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Link", "</style.css>; rel=preload")
 			w.WriteHeader(http.StatusEarlyHints)
 			w.Header().Set("Content-Type", "text/plain")
 			io.WriteString(w, "final")
-		}, in: get("/")},
-		{name: "HEAD gets length, not body", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "a body for GET")
-		}, in: "HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n" + get("/"), methods: []string{"HEAD", "GET"}},
+		}},
+		{name: "HEAD gets length, not body", h: writes("a body for GET"), in: "HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n" + get("/"), methods: []string{"HEAD", "GET"}},
 		{name: "HEAD with nothing written", h: func(w http.ResponseWriter, r *http.Request) {},
 			in: "HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n", methods: []string{"HEAD"}},
-		{name: "HEAD of a large body", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, large)
-		}, in: "HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n", methods: []string{"HEAD"}},
-		{name: "client Connection: close", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "bye")
-		}, in: get("/", "Connection: close\r\n")},
+		{name: "HEAD of a large body", h: writes(large), in: "HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n", methods: []string{"HEAD"}},
+		{name: "client Connection: close", h: writes("bye"), in: get("/", "Connection: close\r\n")},
 		{name: "handler Connection: close", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 			io.WriteString(w, "bye")
-		}, in: get("/")},
-		{name: "HTTP/1.0", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "old")
-		}, in: "GET / HTTP/1.0\r\n\r\n"},
-		{name: "HTTP/1.0 keep-alive", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "old")
-		}, in: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", methods: []string{"GET", "GET"}},
-		{name: "HTTP/1.0 keep-alive, large body closes", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, large)
-		}, in: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"},
+		}},
+		{name: "HTTP/1.0", h: writes("old"), in: "GET / HTTP/1.0\r\n\r\n"},
+		{name: "HTTP/1.0 keep-alive", h: writes("old"), in: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", methods: []string{"GET", "GET"}},
+		{name: "HTTP/1.0 keep-alive, large body closes", h: writes(large), in: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"},
 		{name: "request: query, escapes, repeated headers", h: echoRequest,
 			in: get("/a%20b/c?x=1&y=%41", "X-Rep: 1\r\nx-rep: 2\r\naccept-ENCODING: gzip\r\nPragma: no-cache\r\n")},
 		{name: "request: absolute form", h: echoRequest, in: "GET http://other.example/p?q HTTP/1.1\r\nHost: example.com\r\n\r\n"},
@@ -243,25 +230,19 @@ func compareCases() []compareCase {
 			r.ParseForm()
 			fmt.Fprintf(w, "%v %v", r.Form, r.PostForm)
 		}, in: post("/f?q=1", "a=2&a=3", "Content-Type: application/x-www-form-urlencoded\r\n")},
-		{name: "unread body keeps the connection", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "ignored it")
-		}, in: post("/", "some body") + get("/"), methods: []string{"GET", "GET"}},
+		{name: "unread body keeps the connection", h: writes("ignored it"), in: post("/", "some body") + get("/"), methods: []string{"GET", "GET"}},
 		{name: "pipelined", h: func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, r.URL.Path)
 		}, in: get("/1") + get("/2") + get("/3"), methods: []string{"GET", "GET", "GET"}},
-		{name: "expectation failed", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "never")
-		}, in: get("/", "Expect: something\r\n")},
-		{name: "OPTIONS *", h: func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "never")
-		}, in: "OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n"},
+		{name: "expectation failed", h: writes("never"), in: get("/", "Expect: something\r\n")},
+		{name: "OPTIONS *", h: writes("never"), in: "OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n"},
 		{name: "ServeContent: ranges and ReadFrom", h: func(w http.ResponseWriter, r *http.Request) {
 			http.ServeContent(w, r, "x.txt", time.Unix(1700000000, 0), strings.NewReader(large))
 		}, in: get("/") + get("/", "Range: bytes=10-19\r\n") + get("/", "If-Modified-Since: Wed, 15 Nov 2023 00:00:00 GMT\r\n"),
 			methods: []string{"GET", "GET", "GET"}},
 		{name: "io.Copy of a reader without WriteTo", h: func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(w, io.LimitReader(strings.NewReader(huge), 100000))
-		}, in: get("/")},
+		}},
 		{name: "ServeMux", h: mux().ServeHTTP,
 			in:      get("/") + get("/hello/ann") + get("/dir") + "POST /only-get HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n" + get("/missing") + get("/a/../b"),
 			methods: []string{"GET", "GET", "GET", "POST", "GET", "GET"}},
@@ -270,8 +251,17 @@ func compareCases() []compareCase {
 			case <-r.Context().Done():
 			case <-time.After(2 * time.Second):
 			}
-		}), 20*time.Millisecond, "too slow").ServeHTTP, in: get("/")},
+		}), 20*time.Millisecond, "too slow").ServeHTTP},
 	}
+	for i := range cases {
+		if cases[i].in == "" {
+			cases[i].in = get("/")
+		}
+		if cases[i].methods == nil {
+			cases[i].methods = []string{"GET"}
+		}
+	}
+	return cases
 }
 
 func mux() *http.ServeMux {
@@ -288,22 +278,15 @@ func mux() *http.ServeMux {
 	return m
 }
 
-func methodsOf(c compareCase) []string {
-	if c.methods == nil {
-		return []string{"GET"}
-	}
-	return c.methods
-}
-
 // The same handlers under net/http's server and through the adapter in a
 // live child answer with the same bytes, Date aside, and leave the
 // connection open or closed alike.
 func TestSameBytesAsNetHTTP(t *testing.T) {
 	for _, c := range compareCases() {
 		t.Run(c.name, func(t *testing.T) {
-			want, wantClosed := netHTTPRaw(t, c.h, c.in, methodsOf(c))
+			want, wantClosed := netHTTPRaw(t, c.h, c.in, c.methods)
 			lc := startChild(t, child.Config{}, nethttp.Handler(c.h))
-			got, gotClosed := procpoolRaw(t, lc, c.in, methodsOf(c))
+			got, gotClosed := procpoolRaw(t, lc, c.in, c.methods)
 			if normDate(got) != normDate(want) {
 				t.Errorf("procpool answered\n%s\nnet/http answered\n%s", clip(got), clip(want))
 			}
@@ -322,7 +305,7 @@ func TestSameBytesThroughExchanger(t *testing.T) {
 			if strings.Contains(c.name, "TimeoutHandler") {
 				t.Skip("needs a live connection's context")
 			}
-			want, wantClosed := netHTTPRaw(t, c.h, c.in, methodsOf(c))
+			want, wantClosed := netHTTPRaw(t, c.h, c.in, c.methods)
 			e := child.NewExchanger(nethttp.Handler(c.h))
 			var got []byte
 			in := []byte(c.in)
