@@ -31,7 +31,7 @@ func newPairConn(tb testing.TB, h Handler, lim Limits) *pairConn {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p := &pairConn{lim: lim, to: testTimeouts, peer: fds[1]}
+	p := &pairConn{lim: lim, to: DefaultTimeouts, peer: fds[1]}
 	p.s = newSession(h, new(ipc.Cell), &p.lim, &p.to, &p.stop)
 	p.c = &conn{fd: fds[0], state: stReading}
 	tb.Cleanup(func() {

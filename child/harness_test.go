@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"net"
 	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/procpool/procpool/child/internal/childtest"
 	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -16,30 +16,20 @@ import (
 // Every test of this package checks the connections' state moves.
 func init() { checkMoves = true }
 
-// testTimeouts are long enough never to fire by accident in a test; the
-// tests that want a timeout shorten one.
-var testTimeouts = Timeouts{
-	Header: 10 * time.Second,
-	Body:   10 * time.Second,
-	Idle:   10 * time.Second,
-	Write:  10 * time.Second,
-	Linger: 2 * time.Second,
-}
-
 // testChild is a child.Run on a goroutine with the test as its master: the
 // test accepts loopback connections itself and passes them over the channel
 // as the master does.
 type testChild struct {
 	master   *ipc.Channel
 	childEnd int
-	lfd      int // blocking loopback listener
-	addr     string
+	ln       *childtest.Listener
 	done     chan error
 	stopOnce sync.Once
 	err      error
 }
 
-// startChild runs a child with cfg (its Channel is filled in)
+// startChild runs a child with cfg (its Channel is filled in; what is
+// zero takes the defaults, long enough never to fire by accident in a test)
 // and waits until it announces itself ready. Cleanup closes the channel and
 // checks that Run returned ErrMasterGone, unless the test stopped it first.
 func startChild(t *testing.T, cfg Config, h Handler) *testChild {
@@ -48,14 +38,8 @@ func startChild(t *testing.T, cfg Config, h Handler) *testChild {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := &testChild{master: ipc.NewChannel(m), childEnd: c, lfd: -1, done: make(chan error, 1)}
+	tc := &testChild{master: ipc.NewChannel(m), childEnd: c, done: make(chan error, 1)}
 	cfg.Channel = c // Listener stays 0: none, as the zero Config says
-	if cfg.Limits == (Limits{}) {
-		cfg.Limits = DefaultLimits
-	}
-	if cfg.Timeouts == (Timeouts{}) {
-		cfg.Timeouts = testTimeouts
-	}
 	go func() { tc.done <- Run(cfg, h) }()
 	t.Cleanup(func() {
 		if err := tc.stop(t); err != nil && err != ErrMasterGone {
@@ -66,7 +50,7 @@ func startChild(t *testing.T, cfg Config, h Handler) *testChild {
 	if !ok || msg.Cmd != ipc.CmdReady || msg.Pid != int32(os.Getpid()) {
 		t.Fatalf("child announced %v (ok %v), want ready", msg, ok)
 	}
-	tc.listen(t)
+	tc.ln = childtest.Listen(t)
 	return tc
 }
 
@@ -85,25 +69,6 @@ func (tc *testChild) recv(t *testing.T, wait time.Duration) (ipc.Msg, bool) {
 		unix.Poll(pfd, 100)
 	}
 	return ipc.Msg{}, false
-}
-
-func (tc *testChild) listen(t *testing.T) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc.lfd = fd
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 128); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc.addr = "127.0.0.1:" + strconv.Itoa(sa.(*unix.SockaddrInet4).Port)
 }
 
 // send sends one command to the child.
@@ -125,22 +90,16 @@ func (tc *testChild) dial(t *testing.T) *client {
 // dialWith is dial through d (from another local address, say).
 func (tc *testChild) dialWith(t *testing.T, d *net.Dialer) *client {
 	t.Helper()
-	nc, err := d.Dial("tcp", tc.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
-	fd, _, err := unix.Accept4(tc.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = tc.master.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{fd})
-	unix.Close(fd)
-	if err != nil {
-		t.Fatalf("pass fd: %v", err)
-	}
+	nc, fd := tc.ln.Dial(t, d)
+	tc.pass(t, fd)
 	return &client{Conn: nc, br: bufio.NewReaderSize(nc, 64<<10)}
+}
+
+// pass hands the server side of a connection to the child as the master
+// does, and closes the test's copy.
+func (tc *testChild) pass(t *testing.T, fd int) {
+	t.Helper()
+	childtest.Pass(t, tc.master, fd)
 }
 
 // stop closes the test's end of the channel (the master going away) and
@@ -151,8 +110,8 @@ func (tc *testChild) stop(t *testing.T) error {
 		tc.master.Close()
 		tc.err = tc.wait(t)
 		unix.Close(tc.childEnd)
-		if tc.lfd >= 0 {
-			unix.Close(tc.lfd)
+		if tc.ln != nil {
+			tc.ln.Close()
 		}
 	})
 	return tc.err

@@ -200,7 +200,7 @@ func TestLoopRejectThenEOF(t *testing.T) {
 }
 
 func TestLoopIdleTimeout(t *testing.T) {
-	to := testTimeouts
+	to := DefaultTimeouts
 	to.Idle = time.Second
 	tc := startChild(t, Config{Timeouts: to}, newTestRoutes())
 	c := tc.dial(t)
@@ -354,21 +354,9 @@ func TestLoopClientOnFdZero(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := net.Dial("tcp", tc.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	fd, _, err := unix.Accept4(tc.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, fd := tc.ln.Dial(t, &net.Dialer{})
 	unix.Close(0) // the child's copy of the connection takes the lowest free fd
-	err = tc.master.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{fd})
-	unix.Close(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc.pass(t, fd)
 	c := &client{Conn: nc, br: bufio.NewReader(nc)}
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	c.send(t, get("/zero"))
@@ -448,7 +436,7 @@ func TestLoopDrainTakesListenerQueue(t *testing.T) {
 // loopPorts are the ports of the server and client ends of c.
 func loopPorts(t *testing.T, tc *testChild, c *client) (server, client int) {
 	t.Helper()
-	_, p, err := net.SplitHostPort(tc.addr)
+	_, p, err := net.SplitHostPort(tc.ln.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -225,7 +225,7 @@ func proxySession(t *testing.T, state uint8) (*session, *conn, *os.File) {
 		unix.Close(fds[0])
 		peer.Close()
 	})
-	lim, to := DefaultLimits, testTimeouts
+	lim, to := DefaultLimits, DefaultTimeouts
 	s := newSession(HandlerFunc(echoRemote), new(ipc.Cell), &lim, &to, new(atomic.Bool))
 	c := &conn{fd: fds[0], proxy: state, state: stReading}
 	c.deadline = s.clk.now.Add(to.Header).UnixNano()

@@ -8,11 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/procpool/procpool/child"
+	"github.com/procpool/procpool/child/internal/childtest"
 	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -22,8 +22,7 @@ import (
 type liveChild struct {
 	ch   *ipc.Channel
 	cfd  int
-	lfd  int
-	addr string
+	ln   *childtest.Listener
 	done chan error
 }
 
@@ -44,7 +43,9 @@ func startChild(t *testing.T, cfg child.Config, h child.Handler) *liveChild {
 			t.Error("child.Run did not return")
 		}
 		unix.Close(lc.cfd)
-		unix.Close(lc.lfd)
+		if lc.ln != nil {
+			lc.ln.Close()
+		}
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -60,39 +61,15 @@ func startChild(t *testing.T, cfg child.Config, h child.Handler) *liveChild {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	lc.lfd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Bind(lc.lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(lc.lfd, 128); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(lc.lfd)
-	lc.addr = "127.0.0.1:" + strconv.Itoa(sa.(*unix.SockaddrInet4).Port)
+	lc.ln = childtest.Listen(t)
 	return lc
 }
 
 // dial connects and hands the server side to the child.
 func (lc *liveChild) dial(t *testing.T) net.Conn {
 	t.Helper()
-	nc, err := net.Dial("tcp", lc.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
-	fd, _, err := unix.Accept4(lc.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = lc.ch.Send(ipc.Msg{Cmd: ipc.CmdFds}, []int{fd})
-	unix.Close(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, fd := lc.ln.Dial(t, &net.Dialer{})
+	childtest.Pass(t, lc.ch, fd)
 	return nc
 }
 
