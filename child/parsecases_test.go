@@ -29,7 +29,7 @@ type parseCase struct {
 const hostLine = "Host: example.com\r\n"
 
 func get(target string) string {
-	return "GET " + target + " HTTP/1.1\r\n" + hostLine + "\r\n"
+	return requestLine("GET " + target + " HTTP/1.1")
 }
 
 func post(target, body string) string {
@@ -65,6 +65,18 @@ func chunkedWithExtensions(n, ext int) string {
 	return b.String()
 }
 
+// requestLine is a request with the request line given (without CRLF) and
+// a Host field.
+func requestLine(line string) string {
+	return line + "\r\n" + hostLine + "\r\n"
+}
+
+// chunkedRaw is a GET to / that declares a chunked body, followed by
+// framing as given: chunk-size lines, data and trailers.
+func chunkedRaw(framing string) string {
+	return withHeaders("Host: a", "Transfer-Encoding: chunked") + framing
+}
+
 // withHeaders is a GET to / carrying extra header lines (each without CRLF).
 func withHeaders(lines ...string) string {
 	return "GET / HTTP/1.1\r\n" + strings.Join(append(lines, ""), "\r\n") + "\r\n"
@@ -73,7 +85,7 @@ func withHeaders(lines ...string) string {
 // requestLineOf returns a GET whose request line (without CRLF) is n bytes.
 func requestLineOf(n int) string {
 	const fixed = len("GET ") + len(" HTTP/1.1")
-	return "GET /" + strings.Repeat("a", n-fixed-1) + " HTTP/1.1\r\n" + hostLine + "\r\n"
+	return requestLine("GET /" + strings.Repeat("a", n-fixed-1) + " HTTP/1.1")
 }
 
 // headerBlockOf returns a GET whose header lines, CRLFs included and the
@@ -118,7 +130,7 @@ func hex(n int) string {
 var validCases = []parseCase{
 	{name: "GET", raw: get("/"), requests: 1},
 	{name: "GET with query", raw: get("/a/b?x=1&y=%20"), requests: 1},
-	{name: "HEAD", raw: "HEAD /h HTTP/1.1\r\n" + hostLine + "\r\n", requests: 1},
+	{name: "HEAD", raw: requestLine("HEAD /h HTTP/1.1"), requests: 1},
 	{name: "POST with Content-Length", raw: post("/p", "hello"), requests: 1},
 	{name: "POST with repeated equal Content-Length", raw: "POST / HTTP/1.1\r\n" + hostLine +
 		"Content-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc", requests: 1},
@@ -138,8 +150,7 @@ var validCases = []parseCase{
 		strings.Repeat("d", int(testLimits.MaxBody)-40)}), requests: 1},
 	{name: "chunked in 1-byte chunks", raw: chunkedPost("/", strings.Split(strings.Repeat("z", int(testLimits.MaxBody)), "")), requests: 1},
 	{name: "pipelined 1-byte chunks and GET", raw: chunkedPost("/", []string{"a", "b"}) + get("/2"), requests: 2},
-	{name: "chunk-size line at its limit", raw: withHeaders("Host: a", "Transfer-Encoding: chunked") +
-		"1;" + strings.Repeat("e", maxChunkLine-3) + "\r\na\r\n0\r\n\r\n", requests: 1},
+	{name: "chunk-size line at its limit", raw: chunkedRaw("1;" + strings.Repeat("e", maxChunkLine-3) + "\r\na\r\n0\r\n\r\n"), requests: 1},
 	{name: "chunked framing within its allowance", raw: chunkedWithExtensions(2, frameSlack/2-16), requests: 1},
 	{name: "pipelined GETs", raw: get("/1") + get("/2"), requests: 2},
 	{name: "pipelined POST and GET", raw: post("/1", "body") + get("/2"), requests: 2},
@@ -179,23 +190,22 @@ var rejectCases = []parseCase{
 	{name: "Transfer-Encoding in HTTP/1.0", status: 400, raw: "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
 
 	// Chunked bodies.
-	{name: "non-hex chunk size", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "zz\r\nab\r\n0\r\n\r\n"},
-	{name: "empty chunk size", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "\r\nab\r\n0\r\n\r\n"},
-	{name: "chunk size overflow", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "10000000000000000\r\nab\r\n0\r\n\r\n"},
-	{name: "chunk size with junk", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2 x\r\nab\r\n0\r\n\r\n"},
-	{name: "chunk size line ends in bare LF", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2\nab\r\n0\r\n\r\n"},
-	{name: "chunk data too long", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2\r\nabc\r\n0\r\n\r\n"},
-	{name: "chunk-size line over its limit", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") +
-		"1;" + strings.Repeat("e", maxChunkLine-2) + "\r\na\r\n0\r\n\r\n"},
+	{name: "non-hex chunk size", status: 400, raw: chunkedRaw("zz\r\nab\r\n0\r\n\r\n")},
+	{name: "empty chunk size", status: 400, raw: chunkedRaw("\r\nab\r\n0\r\n\r\n")},
+	{name: "chunk size overflow", status: 400, raw: chunkedRaw("10000000000000000\r\nab\r\n0\r\n\r\n")},
+	{name: "chunk size with junk", status: 400, raw: chunkedRaw("2 x\r\nab\r\n0\r\n\r\n")},
+	{name: "chunk size line ends in bare LF", status: 400, raw: chunkedRaw("2\nab\r\n0\r\n\r\n")},
+	{name: "chunk data too long", status: 400, raw: chunkedRaw("2\r\nabc\r\n0\r\n\r\n")},
+	{name: "chunk-size line over its limit", status: 400, raw: chunkedRaw("1;" + strings.Repeat("e", maxChunkLine-2) + "\r\na\r\n0\r\n\r\n")},
 	{name: "chunked framing over its allowance", status: 413, raw: chunkedWithExtensions(3, frameSlack/2-16)},
-	{name: "NUL in chunk extension", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "2;a\x00\r\nab\r\n0\r\n\r\n"},
-	{name: "obs-fold in trailer", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "0\r\nT: a\r\n b\r\n\r\n"},
-	{name: "bare CR in trailer", status: 400, raw: withHeaders("Host: a", "Transfer-Encoding: chunked") + "0\r\nT: a\rb\r\n\r\n"},
+	{name: "NUL in chunk extension", status: 400, raw: chunkedRaw("2;a\x00\r\nab\r\n0\r\n\r\n")},
+	{name: "obs-fold in trailer", status: 400, raw: chunkedRaw("0\r\nT: a\r\n b\r\n\r\n")},
+	{name: "bare CR in trailer", status: 400, raw: chunkedRaw("0\r\nT: a\rb\r\n\r\n")},
 
 	// Forbidden bytes and line endings.
-	{name: "bare CR in request line", status: 400, raw: "GET /a\rb HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "NUL in request line", status: 400, raw: "GET /a\x00b HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "NUL in method", status: 400, raw: "G\x00T / HTTP/1.1\r\n" + hostLine + "\r\n"},
+	{name: "bare CR in request line", status: 400, raw: requestLine("GET /a\rb HTTP/1.1")},
+	{name: "NUL in request line", status: 400, raw: requestLine("GET /a\x00b HTTP/1.1")},
+	{name: "NUL in method", status: 400, raw: requestLine("G\x00T / HTTP/1.1")},
 	{name: "bare CR in header value", status: 400, raw: withHeaders("Host: a", "X: a\rb")},
 	{name: "NUL in header value", status: 400, raw: withHeaders("Host: a", "X: a\x00b")},
 	{name: "DEL in header value", status: 400, raw: withHeaders("Host: a", "X: a\x7fb")},
@@ -217,19 +227,19 @@ var rejectCases = []parseCase{
 	{name: "HTTP/1.0 with two Hosts", status: 400, raw: "GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"},
 
 	// Request line.
-	{name: "invalid method char", status: 400, raw: "G(T / HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "empty method", status: 400, raw: " / HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "space in target", status: 400, raw: "GET /a b HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "double space", status: 400, raw: "GET  / HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "quote in target", status: 400, raw: "GET /\"x\" HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "high byte in target", status: 400, raw: "GET /\xc3\xa9 HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "backslash in target", status: 400, raw: "GET /a\\b HTTP/1.1\r\n" + hostLine + "\r\n"},
-	{name: "no version", status: 400, raw: "GET /\r\n" + hostLine + "\r\n"},
-	{name: "lower-case version", status: 400, raw: "GET / http/1.1\r\n" + hostLine + "\r\n"},
-	{name: "two-digit minor", status: 400, raw: "GET / HTTP/1.10\r\n" + hostLine + "\r\n"},
-	{name: "HTTP/2.0", status: 505, raw: "GET / HTTP/2.0\r\n" + hostLine + "\r\n"},
-	{name: "HTTP/0.9", status: 505, raw: "GET / HTTP/0.9\r\n" + hostLine + "\r\n"},
-	{name: "HTTP/1.2", status: 505, raw: "GET / HTTP/1.2\r\n" + hostLine + "\r\n"},
+	{name: "invalid method char", status: 400, raw: requestLine("G(T / HTTP/1.1")},
+	{name: "empty method", status: 400, raw: requestLine(" / HTTP/1.1")},
+	{name: "space in target", status: 400, raw: requestLine("GET /a b HTTP/1.1")},
+	{name: "double space", status: 400, raw: requestLine("GET  / HTTP/1.1")},
+	{name: "quote in target", status: 400, raw: requestLine("GET /\"x\" HTTP/1.1")},
+	{name: "high byte in target", status: 400, raw: requestLine("GET /\xc3\xa9 HTTP/1.1")},
+	{name: "backslash in target", status: 400, raw: requestLine("GET /a\\b HTTP/1.1")},
+	{name: "no version", status: 400, raw: requestLine("GET /")},
+	{name: "lower-case version", status: 400, raw: requestLine("GET / http/1.1")},
+	{name: "two-digit minor", status: 400, raw: requestLine("GET / HTTP/1.10")},
+	{name: "HTTP/2.0", status: 505, raw: requestLine("GET / HTTP/2.0")},
+	{name: "HTTP/0.9", status: 505, raw: requestLine("GET / HTTP/0.9")},
+	{name: "HTTP/1.2", status: 505, raw: requestLine("GET / HTTP/1.2")},
 
 	// Limits, one over.
 	{name: "request line over the limit", status: 414, raw: requestLineOf(testLimits.MaxRequestLine + 1)},
