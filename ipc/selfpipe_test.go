@@ -3,6 +3,7 @@ package ipc_test
 import (
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -128,24 +129,16 @@ func TestSelfPipeWithoutSignals(t *testing.T) {
 }
 
 func TestSelfPipeClose(t *testing.T) {
-	// The first signal.Notify in a process starts os/signal's goroutine for
-	// good; let that happen before counting.
-	warm, err := ipc.NewSelfPipe(syscall.SIGUSR1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	warm.Close()
-
+	// Goroutines of earlier tests may still be on their way out, so count
+	// the forwarders themselves rather than every goroutine.
+	waitForwarders(t, 0)
 	fdsBefore := openFds(t)
-	goroutines := runtime.NumGoroutine()
 	p, err := ipc.NewSelfPipe(syscall.SIGUSR1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opened := openFds(t).diff(fdsBefore)
-	if n := runtime.NumGoroutine(); n <= goroutines {
-		t.Errorf("NewSelfPipe started no goroutine: %d before, %d after", goroutines, n)
-	}
+	waitForwarders(t, 1)
 	if !isCloseOnExec(t, p.Fd()) {
 		t.Error("self-pipe read end lacks FD_CLOEXEC")
 	}
@@ -156,14 +149,25 @@ func TestSelfPipeClose(t *testing.T) {
 		t.Error("NewSelfPipe opened no descriptors")
 	}
 	checkNoLeak(t, fdsBefore)
+	waitForwarders(t, 0)
+}
 
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
-		runtime.Gosched()
+// forwarders counts the goroutines running a self-pipe's signal forwarder.
+func forwarders() int {
+	buf := make([]byte, 1<<20)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), "ipc.(*SelfPipe).forward(")
+}
+
+// waitForwarders waits until want forwarders run: Close returns once its
+// forwarder is done, but the goroutine may take a moment more to exit.
+func waitForwarders(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for forwarders() != want && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	if n := runtime.NumGoroutine(); n > goroutines {
+	if n := forwarders(); n != want {
 		buf := make([]byte, 1<<16)
-		t.Errorf("%d goroutines after Close, %d before:\n%s", n, goroutines, buf[:runtime.Stack(buf, true)])
+		t.Fatalf("%d signal forwarders running, want %d:\n%s", n, want, buf[:runtime.Stack(buf, true)])
 	}
 }
