@@ -87,6 +87,16 @@ func restore(t *testing.T, old *unix.CPUSet) {
 	runtime.UnlockOSThread()
 }
 
+// threadSched is the scheduling policy and priority of the test's thread.
+func threadSched(t *testing.T) *unix.SchedAttr {
+	t.Helper()
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return attr
+}
+
 func threadMask(t *testing.T) unix.CPUSet {
 	t.Helper()
 	var set unix.CPUSet
@@ -278,10 +288,7 @@ func TestForkExecPinnedBatch(t *testing.T) {
 	// Not parallel: see spawnPolicy.
 	old := lockThread(t)
 	defer restore(t, &old)
-	before, err := unix.SchedGetAttr(0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := threadSched(t)
 	for _, batch := range []bool{true, false} {
 		got, err := spawnPolicy(t, batch)
 		if err != nil {
@@ -306,10 +313,7 @@ func TestForkExecPinnedBatch(t *testing.T) {
 func TestForkExecPinnedBatchFromRealtime(t *testing.T) {
 	old := lockThread(t)
 	defer restore(t, &old)
-	before, err := unix.SchedGetAttr(0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := threadSched(t)
 	rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
 	if err := unix.SchedSetAttr(0, &rt, 0); err != nil {
 		t.Skipf("cannot run this thread under SCHED_FIFO: %v", err)
