@@ -15,14 +15,7 @@ func TestNoFdLeak(t *testing.T) {
 	dir := t.TempDir()
 	round := func(i int) {
 		// Listen: success, in use, bad address.
-		fd, err := master.Listen("127.0.0.1:0", 0, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr, err := master.LocalAddr(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
+		fd, addr := listen(t, "127.0.0.1:0", 0, false)
 		if fd2, err := master.Listen(addr, 0, false); err == nil {
 			t.Fatalf("Listen on a taken port succeeded (fd %d)", fd2)
 		}

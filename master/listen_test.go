@@ -16,17 +16,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func mustListen(t *testing.T, addr string, backlog int, reuseport bool) (int, string) {
+// listen is Listen and LocalAddr, ending the test on an error; the caller
+// closes fd.
+func listen(t *testing.T, addr string, backlog int, reuseport bool) (int, string) {
 	t.Helper()
 	fd, err := master.Listen(addr, backlog, reuseport)
 	if err != nil {
 		t.Fatalf("Listen(%q, %d, %v): %v", addr, backlog, reuseport, err)
 	}
-	closeFd(t, fd)
 	local, err := master.LocalAddr(fd)
 	if err != nil {
+		unix.Close(fd)
 		t.Fatalf("LocalAddr: %v", err)
 	}
+	return fd, local
+}
+
+// mustListen is listen with fd closed when the test ends.
+func mustListen(t *testing.T, addr string, backlog int, reuseport bool) (int, string) {
+	t.Helper()
+	fd, local := listen(t, addr, backlog, reuseport)
+	closeFd(t, fd)
 	return fd, local
 }
 
@@ -492,15 +502,7 @@ func TestLocalAddrNotASocket(t *testing.T) {
 // SO_REUSEADDR, takes it when only such leftovers stand in the way.
 func TestReserveBesideTimeWait(t *testing.T) {
 	t.Parallel()
-	ln, err := master.Listen("127.0.0.1:0", 0, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := master.LocalAddr(ln)
-	if err != nil {
-		unix.Close(ln)
-		t.Fatal(err)
-	}
+	ln, local := listen(t, "127.0.0.1:0", 0, false)
 	c, err := net.DialTimeout("tcp", local, 2*time.Second)
 	if err != nil {
 		unix.Close(ln)
