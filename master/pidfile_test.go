@@ -47,6 +47,13 @@ func mustCreate(t *testing.T, path string) *master.Pidfile {
 	return p
 }
 
+func mustWrite(t *testing.T, p *master.Pidfile, pid int) {
+	t.Helper()
+	if err := p.Write(pid); err != nil {
+		t.Fatalf("Write(%d): %v", pid, err)
+	}
+}
+
 // holdLock locks path as another master would, on its own open file
 // description, with content in it; the returned func lets go.
 func holdLock(t *testing.T, path, content string) func() {
@@ -112,9 +119,7 @@ func TestCreatePidfileAlreadyRunning(t *testing.T) {
 	// The pid named is the one in the file, which the holder may rewrite
 	// (an upgrade writes the new master's), and the failed attempt leaves
 	// the file alone.
-	if err := p.Write(4242); err != nil {
-		t.Fatal(err)
-	}
+	mustWrite(t, p, 4242)
 	_, err = master.CreatePidfile(path)
 	if err == nil || !strings.Contains(err.Error(), "already running (pid 4242,") {
 		t.Errorf("error %v, want one naming pid 4242", err)
@@ -183,9 +188,7 @@ func TestPidfileWrite(t *testing.T) {
 	path := pidPath(t)
 	p := mustCreate(t, path)
 	for _, pid := range []int{1234567, 12} { // longer, then shorter
-		if err := p.Write(pid); err != nil {
-			t.Fatal(err)
-		}
+		mustWrite(t, p, pid)
 		want := strconv.Itoa(pid) + "\n"
 		if got := readFile(t, path); got != want {
 			t.Errorf("after Write(%d) file holds %q, want %q", pid, got, want)
@@ -227,9 +230,7 @@ func TestPidfileReleaseKeepsFile(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
 	p := mustCreate(t, path)
-	if err := p.Write(777); err != nil {
-		t.Fatal(err)
-	}
+	mustWrite(t, p, 777)
 	p.Release()
 	if got := readFile(t, path); got != "777\n" {
 		t.Errorf("released pidfile holds %q, want %q", got, "777\n")
@@ -420,9 +421,7 @@ func TestTakePidfileWaitsForRelease(t *testing.T) {
 	t.Parallel()
 	path := pidPath(t)
 	old := mustCreate(t, path)
-	if err := old.Write(1111); err != nil {
-		t.Fatal(err)
-	}
+	mustWrite(t, old, 1111)
 	taking := startTake(path)
 	if !waitBlockedFlock(t, path) {
 		time.Sleep(20 * time.Millisecond) // no /proc/locks: best effort
