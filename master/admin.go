@@ -443,5 +443,12 @@ func (a *admin) fd() int {
 			u.SetUnlinkOnClose(false)
 		}
 	}
-	return int(a.file.Fd())
+	// Not a.file.Fd(): it puts the file description, which this master's
+	// listener shares, in blocking mode, and an accept that waits in the
+	// kernel is not woken when the listener closes: the exit would hang.
+	fd := -1
+	if rc, err := a.file.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
 }
