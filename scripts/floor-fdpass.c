@@ -37,34 +37,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAXFD 65536
+#include "floor.h"
+
 #define MAXKIDS 64
 #define BATCH 253 /* SCM_MAX_FD */
-#define PIPELINE 64
 #define ARM (EPOLLIN | EPOLLRDHUP | EPOLLONESHOT)
 
-static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                           "Content-Length: 11\r\n\r\nHello World";
-static const char bye[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                          "Content-Length: 11\r\nConnection: close\r\n\r\nHello World";
-static char in[65536], out[PIPELINE * sizeof resp];
-static unsigned char matched[MAXFD]; /* bytes of "\r\n\r\n" seen so far, per fd */
+static char in[65536];
 static int ep;
-
-/* requests counts the request ends in p[0:n] and carries a partial match. */
-static int requests(int fd, const char *p, ssize_t n) {
-	static const char end[] = "\r\n\r\n";
-	int m = matched[fd], count = 0;
-	for (ssize_t i = 0; i < n; i++) {
-		m = p[i] == end[m] ? m + 1 : p[i] == '\r';
-		if (m == 4) {
-			count++;
-			m = 0;
-		}
-	}
-	matched[fd] = m;
-	return count;
-}
 
 /* serve reads once from fd and answers; then arms it (op ADD or MOD) or closes it. */
 static void serve(int fd, int op) {
@@ -104,8 +84,7 @@ static void child(int ch, int cpu) {
 	} cm;
 	ep = epoll_create1(0);
 	epoll_ctl(ep, EPOLL_CTL_ADD, ch, &ev);
-	for (int j = 0; j < PIPELINE; j++)
-		memcpy(out + j * (sizeof resp - 1), resp, sizeof resp - 1);
+	fill_out();
 	for (;;) {
 		int n = epoll_wait(ep, evs, 256, -1);
 		for (int i = 0; i < n; i++) {

@@ -25,14 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAXFD 65536
-#define PIPELINE 64
-
-static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                           "Content-Length: 11\r\n\r\nHello World";
-static const char bye[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                          "Content-Length: 11\r\nConnection: close\r\n\r\nHello World";
-static unsigned char matched[MAXFD]; /* bytes of "\r\n\r\n" seen so far, per fd */
+#include "floor.h"
 
 static int listener(int port) {
 	int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -47,27 +40,11 @@ static int listener(int port) {
 	return fd;
 }
 
-/* requests counts the request ends in p[0:n] and carries a partial match. */
-static int requests(int fd, const char *p, ssize_t n) {
-	static const char end[] = "\r\n\r\n";
-	int m = matched[fd], count = 0;
-	for (ssize_t i = 0; i < n; i++) {
-		m = p[i] == end[m] ? m + 1 : p[i] == '\r';
-		if (m == 4) {
-			count++;
-			m = 0;
-		}
-	}
-	matched[fd] = m;
-	return count;
-}
-
 static void serve(int port) {
-	static char in[65536], out[PIPELINE * sizeof resp];
+	static char in[65536];
 	struct epoll_event ev = {.events = EPOLLIN}, evs[256];
 	int ls = listener(port), ep = epoll_create1(0);
-	for (int j = 0; j < PIPELINE; j++)
-		memcpy(out + j * (sizeof resp - 1), resp, sizeof resp - 1);
+	fill_out();
 	ev.data.fd = ls;
 	epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
 	for (;;) {
