@@ -18,6 +18,7 @@ import (
 	"github.com/procpool/procpool/child"
 	"github.com/procpool/procpool/child/nethttp"
 	"github.com/procpool/procpool/ipc"
+	"github.com/procpool/procpool/master"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"golang.org/x/sys/unix"
@@ -53,14 +54,15 @@ func drive(b *testing.B, nc net.Conn) {
 	}
 }
 
-func BenchmarkNetHTTP(b *testing.B) {
+// driveServer runs serve on a loopback listener and drives it over one
+// connection; stop ends it.
+func driveServer(b *testing.B, serve func(net.Listener) error, stop func() error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: New()}
-	go srv.Serve(ln)
-	defer srv.Close()
+	go serve(ln)
+	defer stop()
 	nc, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		b.Fatal(err)
@@ -69,20 +71,14 @@ func BenchmarkNetHTTP(b *testing.B) {
 	drive(b, nc)
 }
 
+func BenchmarkNetHTTP(b *testing.B) {
+	srv := &http.Server{Handler: New()}
+	driveServer(b, srv.Serve, srv.Close)
+}
+
 func BenchmarkFasthttpAdaptor(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
 	srv := &fasthttp.Server{Handler: fasthttpadaptor.NewFastHTTPHandler(New())}
-	go srv.Serve(ln)
-	defer srv.Shutdown()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
-	drive(b, nc)
+	driveServer(b, srv.Serve, srv.Shutdown)
 }
 
 // BenchmarkProcpoolNetHTTP runs a child's loop (pool mode, as the adapter
@@ -112,15 +108,12 @@ func BenchmarkProcpoolNetHTTP(b *testing.B) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	lfd, err := master.Listen("127.0.0.1:0", 8, false)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer unix.Close(lfd)
-	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		b.Fatal(err)
-	}
-	unix.Listen(lfd, 8)
+	unix.SetNonblock(lfd, false) // the accept below waits for the dial
 	sa, _ := unix.Getsockname(lfd)
 	nc, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 	if err != nil {
