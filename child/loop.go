@@ -160,6 +160,9 @@ func (l *loop) run() error {
 		if err != nil {
 			return err
 		}
+		// The wait may have lasted a second: what this turn adopts is timed
+		// from now, not from the last turn.
+		l.sess.clk.tick()
 		l.turns++
 		l.cfg.Stats.Turns.Store(l.turns)
 		for i := 0; i < n; i++ {
@@ -188,7 +191,6 @@ func (l *loop) run() error {
 				l.onConn(fd, ev)
 			}
 		}
-		l.sess.clk.tick()
 		if l.sess.alog != nil {
 			l.sess.alog.tick(l.sess.clk.now)
 		}
