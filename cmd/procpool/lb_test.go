@@ -187,16 +187,8 @@ func testProxyProtocol(t *testing.T, mode string) {
 	}
 
 	want := []string{"198.51.100.7", "2001:db8::9", "127.0.0.3"}
-	re := regexp.MustCompile(`(?m)^(\S+) - - `)
-	var got []string
-	if !pollFor(ioTimeout, func() bool {
-		b, _ := os.ReadFile(logPath)
-		got = got[:0]
-		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-			got = append(got, m[1])
-		}
-		return len(got) >= len(want)
-	}) {
+	got, ok := loggedClients(logPath, ``, len(want))
+	if !ok {
 		t.Fatalf("access log clients %q, want %q", got, want)
 	}
 	if strings.Join(sorted(got), " ") != strings.Join(sorted(want), " ") {
@@ -323,16 +315,7 @@ backend v2
 			t.Fatalf("GET through haproxy port %d: %+v, %v", port, r, err)
 		}
 	}
-	re := regexp.MustCompile(`(?m)^(\S+) - - \S+ \S+ "GET /\?n=\d`)
-	var got []string
-	pollFor(ioTimeout, func() bool {
-		b, _ := os.ReadFile(logPath)
-		got = got[:0]
-		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-			got = append(got, m[1])
-		}
-		return len(got) >= 4
-	})
+	got, _ := loggedClients(logPath, `\S+ \S+ "GET /\?n=\d`, 4)
 	if len(got) != 4 || strings.Count(strings.Join(got, " "), "127.0.0.9") != 4 {
 		t.Errorf("access log clients behind haproxy: %q, want 127.0.0.9 four times", got)
 	}
@@ -543,18 +526,25 @@ func TestReloadKeepsProxyClient(t *testing.T) {
 			t.Fatalf("%s after the reload: %+v, %v (the connection did not survive the hand-back)", client, r, err)
 		}
 	}
-	re := regexp.MustCompile(`(?m)^(\S+) - - \S+ \S+ "GET /\?after `)
-	var got []string
-	pollFor(ioTimeout, func() bool {
-		b, _ := os.ReadFile(logPath)
-		got = got[:0]
-		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-			got = append(got, m[1])
-		}
-		return len(got) >= 2
-	})
+	got, _ := loggedClients(logPath, `\S+ \S+ "GET /\?after `, 2)
 	if strings.Join(sorted(got), " ") != "198.51.100.7 2001:db8::9" {
 		b, _ := os.ReadFile(logPath)
 		t.Errorf("clients of the requests after the reload: %q, want 198.51.100.7 and 2001:db8::9; access log:\n%s", got, b)
 	}
+}
+
+// loggedClients waits until the access log at path holds n lines whose text
+// after "CLIENT - - " matches rest, and returns their clients (what it has
+// when the wait runs out, with ok false).
+func loggedClients(path, rest string, n int) (clients []string, ok bool) {
+	re := regexp.MustCompile(`(?m)^(\S+) - - ` + rest)
+	ok = pollFor(ioTimeout, func() bool {
+		b, _ := os.ReadFile(path)
+		clients = clients[:0]
+		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+			clients = append(clients, m[1])
+		}
+		return len(clients) >= n
+	})
+	return clients, ok
 }
