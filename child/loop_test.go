@@ -3,6 +3,7 @@ package child
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"io"
 	"net"
 	"os"
@@ -103,8 +104,7 @@ func TestLoopLargeResponseSlowReader(t *testing.T) {
 func TestLoopLargePostEcho(t *testing.T) {
 	tc := startChild(t, Config{}, newTestRoutes())
 	c := tc.dial(t)
-	// Each of the eight waits below reads /proc/net/tcp, which is slow under
-	// -race beside other tests: the deadline bounds a hang, not the speed.
+	// The deadline bounds a hang, not the speed.
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	body := bigBody()[:512<<10]
 	c.send(t, "POST /echo HTTP/1.1\r\n"+hostLine+"Content-Length: "+itoa(len(body))+"\r\n\r\n")
@@ -444,54 +444,67 @@ func loopPorts(t *testing.T, tc *testChild, c *client) (server, client int) {
 	return port, c.LocalAddr().(*net.TCPAddr).Port
 }
 
-// loopSocket is the server end of a loopback connection as /proc/net/tcp
-// shows it, with the client end's send queue.
+// loopSocket is the server end of a loopback connection as the kernel
+// reports it, with the client end's send queue.
 type loopSocket struct {
 	tx, rx int    // bytes sent and not acknowledged; received and not read
 	inode  uint64 // 0 while no process holds it (in the accept queue)
 	peerTx int    // the client end's unacknowledged bytes
 }
 
-// loopWaitSocket polls /proc/net/tcp until the server end of the connection
+// loopWaitSocket polls the kernel until the server end of the connection
 // between local port port and client port peer satisfies cond, for up to
-// ten seconds.
+// ten seconds. It asks for the two sockets by address (sock_diag), which
+// costs the same on a machine with tens of thousands of sockets.
 func loopWaitSocket(t *testing.T, port, peer int, cond func(loopSocket) bool) bool {
 	t.Helper()
+	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(nl)
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		b, err := os.ReadFile("/proc/net/tcp")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var s loopSocket
-		server, client := false, false
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 10 {
-				continue
-			}
-			local, remote := loopPort(f[1]), loopPort(f[2])
-			txs, rxs, _ := strings.Cut(f[4], ":")
-			tx, _ := strconv.ParseInt(txs, 16, 64)
-			rx, _ := strconv.ParseInt(rxs, 16, 64)
-			switch {
-			case local == port && remote == peer:
-				s.tx, s.rx = int(tx), int(rx)
-				s.inode, _ = strconv.ParseUint(f[9], 10, 64)
-				server = true
-			case local == peer && remote == port:
-				s.peerTx = int(tx)
-				client = true
-			}
-		}
-		if server && client && cond(s) {
+		server, okServer := tcpDiag(t, nl, port, peer)
+		client, okClient := tcpDiag(t, nl, peer, port)
+		if okServer && okClient && cond(loopSocket{tx: server.tx, rx: server.rx, inode: server.inode, peerTx: client.tx}) {
 			return true
 		}
 	}
 	return false
 }
 
-func loopPort(addr string) int {
-	_, p, _ := strings.Cut(addr, ":")
-	n, _ := strconv.ParseUint(p, 16, 16)
-	return int(n)
+// tcpDiag looks up the TCP socket 127.0.0.1:local -> 127.0.0.1:remote
+// (inet_diag_req_v2 without a dump: one socket, found by its address).
+func tcpDiag(t *testing.T, nl, local, remote int) (s loopSocket, found bool) {
+	t.Helper()
+	const sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
+	req := make([]byte, unix.NLMSG_HDRLEN+56)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], sockDiagByFamily)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	r := req[unix.NLMSG_HDRLEN:]
+	r[0], r[1] = unix.AF_INET, unix.IPPROTO_TCP
+	binary.NativeEndian.PutUint32(r[4:], ^uint32(0)) // every state
+	binary.BigEndian.PutUint16(r[8:], uint16(local))
+	binary.BigEndian.PutUint16(r[10:], uint16(remote))
+	copy(r[12:], []byte{127, 0, 0, 1}) // source, then destination
+	copy(r[28:], []byte{127, 0, 0, 1})
+	binary.NativeEndian.PutUint64(r[48:], ^uint64(0)) // INET_DIAG_NOCOOKIE
+	if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(nl, buf, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < unix.NLMSG_HDRLEN+72 || binary.NativeEndian.Uint16(buf[4:]) != sockDiagByFamily {
+		return s, false // NLMSG_ERROR: no such socket (yet, or any more)
+	}
+	m := buf[unix.NLMSG_HDRLEN:n] // inet_diag_msg: 4 bytes, the id (48), expires, then these
+	return loopSocket{
+		rx:    int(binary.NativeEndian.Uint32(m[56:])),
+		tx:    int(binary.NativeEndian.Uint32(m[60:])),
+		inode: uint64(binary.NativeEndian.Uint32(m[68:])),
+	}, true
 }
