@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -27,13 +28,21 @@ func TestKeepAliveClient(t *testing.T) {
 	s.waitReady(2)
 
 	const goroutines, perGoroutine = 50, 40
-	var dials atomic.Int64
+	var (
+		dials atomic.Int64
+		ends  endings // how the connections ended, should there be too many
+	)
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: goroutines,
 		MaxConnsPerHost:     goroutines,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dials.Add(1)
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				ends.add("dial: " + err.Error())
+				return nil, err
+			}
+			return &endingConn{Conn: c, ends: &ends}, nil
 		},
 	}
 	t.Cleanup(tr.CloseIdleConnections) // before the server's stop, which runs later
@@ -100,8 +109,50 @@ func TestKeepAliveClient(t *testing.T) {
 		t.Errorf("%d of %d requests answered correctly", got, goroutines*perGoroutine)
 	}
 	if n := dials.Load(); n > goroutines {
-		t.Errorf("client dialed %d connections for %d goroutines: keep-alive connections were not kept", n, goroutines)
+		t.Errorf("client dialed %d connections for %d goroutines: keep-alive connections were not kept; ended by: %v", n, goroutines, ends.list())
 	}
+}
+
+// endings counts how a client's connections ended.
+type endings struct {
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (e *endings) add(why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.by == nil {
+		e.by = map[string]int{}
+	}
+	e.by[why]++
+}
+
+func (e *endings) list() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.by)
+}
+
+// endingConn records whether the server ended a connection (a read error
+// first) or the client did (a Close first).
+type endingConn struct {
+	net.Conn
+	ends *endings
+	once sync.Once
+}
+
+func (c *endingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.once.Do(func() { c.ends.add("read: " + err.Error()) })
+	}
+	return n, err
+}
+
+func (c *endingConn) Close() error {
+	c.once.Do(func() { c.ends.add("client close") })
+	return c.Conn.Close()
 }
 
 // TestPipelining writes 100 requests at once on one connection and expects
