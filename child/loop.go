@@ -169,7 +169,7 @@ func (l *loop) run() error {
 			ev := &l.events[i]
 			switch fd := int(ev.Fd); {
 			case fd == l.ch.Fd:
-				if err := l.onChannel(); err != nil {
+				if err := l.onChannel(false); err != nil {
 					return err
 				}
 			case fd == l.sig.Fd():
@@ -208,13 +208,17 @@ func (l *loop) run() error {
 	}
 }
 
-// onChannel takes every message the master has queued.
-func (l *loop) onChannel() error {
-	// New connections are served as they arrive; a master that keeps the
-	// channel full must not keep the loop from its other connections, its
-	// signals and its sweep. The channel is level-triggered: what is left
-	// waits for the next turn.
-	for taken := 0; taken < maxAdopt; {
+// onChannel takes one message the master has queued, or with all every
+// message until they brought maxAdopt connections or the channel is empty.
+//
+// The loop takes one message a wake-up: the channel is level-triggered, so
+// what is left makes the next Wait return at once, and the recvmsg that
+// finds the channel empty is not made (a third of a child's recvmsg calls
+// under one request per connection). New connections are served as they
+// arrive; a master that keeps the channel full must not keep the loop from
+// its other connections, its signals and its sweep.
+func (l *loop) onChannel(all bool) error {
+	for taken, first := 0, true; taken < maxAdopt && (first || all); first = false {
 		m, fds, err := l.ch.Recv(l.fds)
 		switch {
 		case err == ipc.ErrAgain:
@@ -531,7 +535,7 @@ func (l *loop) closeListener() {
 // served, not left behind.
 func (l *loop) channelHolds() bool {
 	before := l.cfg.Stats.Accepted.Load()
-	if err := l.onChannel(); err != nil {
+	if err := l.onChannel(true); err != nil {
 		return false
 	}
 	return l.cfg.Stats.Accepted.Load() != before || l.open > 0
