@@ -60,6 +60,7 @@ type loop struct {
 	turns       uint64 // published in the stats cell: the master's sign of progress
 	yield       sched.Yielder
 	pid         int
+	early       earlyReads
 	// Hand-back (handback.go): retiring is set by the master's CmdRetire;
 	// back holds connections waiting to go back to the master, sentBatch
 	// those of the batch being sent.
@@ -349,16 +350,59 @@ func (l *loop) register(fd int, carried []byte) {
 			return
 		}
 	}
-	if l.pool != nil || l.lastAccepts {
+	if l.pool != nil || l.lastAccepts || !l.early.try() {
 		l.apply(c, aRead)
 		return
 	}
-	// A client sends its request right behind the connect, so by the time
-	// the connection is here the request usually is too: serving it now
-	// saves a wake-up and an epoll_ctl per connection, which is most of what
-	// a one-request connection costs beyond its syscalls. When it has not
-	// come yet, the read says EAGAIN and the connection is armed as usual.
-	l.apply(c, l.sess.serve(c))
+	a := l.sess.serve(c)
+	l.early.note(!l.sess.missed)
+	l.apply(c, a)
+}
+
+// earlyReads decides whether a new connection is read at once, before it
+// is armed. When its request is there already (TCP_DEFER_ACCEPT, a client
+// that wrote before the connection reached us), reading at once saves the
+// epoll_ctl and the wake-up. When it is not, the read finds nothing
+// (EAGAIN) and the connection is armed anyway: one call for nothing. Under
+// wrk's one request per connection 80-90% of early reads find nothing: the
+// client sends its request after its connect returns, and the connection
+// reaches the child, through the master or its own accept, about as early.
+// So the loop counts what its early reads find, reads at once while at
+// least half find a request, and otherwise arms first, still reading one
+// new connection in earlyProbe at once to notice when that changes.
+type earlyReads struct {
+	tries, misses uint8 // early reads in the current window, and those that found nothing
+	skipped       uint8 // new connections armed first since the last probe
+	armFirst      bool
+}
+
+const (
+	earlyWindow = 32 // early reads per decision
+	earlyProbe  = 8  // while arming first, one new connection in this many is read at once
+)
+
+// try reports whether the next new connection is read at once.
+func (e *earlyReads) try() bool {
+	if !e.armFirst {
+		return true
+	}
+	if e.skipped++; e.skipped < earlyProbe {
+		return false
+	}
+	e.skipped = 0
+	return true
+}
+
+// note counts what an early read found: hit is false when it found nothing.
+func (e *earlyReads) note(hit bool) {
+	e.tries++
+	if !hit {
+		e.misses++
+	}
+	if e.tries == earlyWindow {
+		e.armFirst = 2*e.misses > e.tries
+		e.tries, e.misses = 0, 0
+	}
 }
 
 func (l *loop) newConn() *conn {

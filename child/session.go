@@ -22,6 +22,7 @@ type session struct {
 	goaway   *atomic.Bool
 	shared   bool // a pool worker's: others publish requests in the same cell
 	clk      clock
+	missed   bool   // the last read found nothing (EAGAIN)
 	rbuf     []byte // every read lands here unless a partial request waits
 	wbuf     []byte // the responses of one event, sent with one write
 	req      Request
@@ -136,6 +137,7 @@ func (s *session) onReadable(c *conn) action {
 		buf = c.in[len(c.in):cap(c.in)]
 	}
 	n, err := sysRead(c.fd, buf)
+	s.missed = err == unix.EAGAIN
 	switch {
 	case err == unix.EAGAIN:
 		return aRead
