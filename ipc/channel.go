@@ -195,6 +195,19 @@ func closeAll(fds []int) []int {
 // allocate on the child's hot path. Channels are non-blocking, so the calls
 // are raw: no scheduler bookkeeping for a call that cannot sleep.
 func sendmsg(fd int, p, oob []byte, flags int) (int, error) {
+	n, _, _, err := msgCall(unix.SYS_SENDMSG, fd, p, oob, flags)
+	return n, err
+}
+
+func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) {
+	return msgCall(unix.SYS_RECVMSG, fd, p, oob, flags)
+}
+
+// msgCall makes trap (SYS_SENDMSG or SYS_RECVMSG) with one iovec over p and
+// oob, when not empty, as the control buffer, and returns what the kernel
+// wrote back into the header. The header and the iovec stay on this frame:
+// only their address, as a uintptr, reaches the call, so neither escapes.
+func msgCall(trap uintptr, fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) {
 	var iov unix.Iovec
 	iov.Base = &p[0]
 	iov.SetLen(len(p))
@@ -205,23 +218,7 @@ func sendmsg(fd int, p, oob []byte, flags int) (int, error) {
 		msg.Control = &oob[0]
 		msg.SetControllen(len(oob))
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
-	if e != 0 {
-		return int(n), errnoErr(e)
-	}
-	return int(n), nil
-}
-
-func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) {
-	var iov unix.Iovec
-	iov.Base = &p[0]
-	iov.SetLen(len(p))
-	var msg unix.Msghdr
-	msg.Iov = &iov
-	msg.Iovlen = 1
-	msg.Control = &oob[0]
-	msg.SetControllen(len(oob))
-	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	r, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
 	if e != 0 {
 		return 0, 0, 0, errnoErr(e)
 	}

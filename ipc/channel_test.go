@@ -327,3 +327,32 @@ func TestRecvEOF(t *testing.T) {
 		t.Errorf("Send to a closed peer = %v, want EPIPE", err)
 	}
 }
+
+// Send and Recv are on the hot path of every connection: neither may
+// allocate, with fds or without (the msghdr and its iovec stay on the stack).
+func TestSendRecvDoNotAllocate(t *testing.T) {
+	a, b := pair(t)
+	p := newPipe(t)
+	one := dups(t, p.r, 1)
+	defer closeFds(one)
+	fds := make([]int, 0, ipc.MaxFds)
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := a.Send(ipc.Msg{Cmd: ipc.CmdFds}, one); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := b.Recv(fds)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("Recv: %d fds, %v", len(got), err)
+		}
+		unix.Close(got[0])
+		if err := b.Send(ipc.Msg{Cmd: ipc.CmdPing}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := a.Recv(fds); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Send and Recv, with an fd and without: %v allocations per run, want 0", allocs)
+	}
+}
