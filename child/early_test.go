@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"net"
 	"testing"
+
+	"github.com/procpool/procpool/child/internal/childtest"
+	"golang.org/x/sys/unix"
 )
 
 // earlyReads reads new connections at once while at least half of those
@@ -62,5 +65,51 @@ func TestLoopServesNewConnectionsEitherOrder(t *testing.T) {
 			t.Fatalf("connection %d, request sent before the hand-off: status %d body %q", i, r.status, r.body)
 		}
 		c.Close()
+	}
+}
+
+// Every connection the loop takes has TCP_NODELAY: set by noDelay, or
+// inherited from a listener that has it, in which case noDelay leaves fresh
+// connections alone; one handed on by another child is always set.
+func TestNoDelay(t *testing.T) {
+	nodelay := func(fd int) int {
+		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	accepted := func(ln *childtest.Listener) int {
+		_, fd := ln.Dial(t, &net.Dialer{})
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	plain := childtest.Listen(t)
+	defer plain.Close()
+	var l loop
+	for i := 0; i < 3; i++ {
+		fd := accepted(plain)
+		l.noDelay(fd, true)
+		if nodelay(fd) == 0 || l.freshNoDelay != -1 {
+			t.Fatalf("fresh connection %d from a listener without TCP_NODELAY: nodelay %d, freshNoDelay %d", i, nodelay(fd), l.freshNoDelay)
+		}
+	}
+	inherits := childtest.Listen(t)
+	defer inherits.Close()
+	if err := unix.SetsockoptInt(inherits.Fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		t.Fatal(err)
+	}
+	l = loop{}
+	for i := 0; i < 3; i++ {
+		fd := accepted(inherits)
+		l.noDelay(fd, true)
+		if nodelay(fd) == 0 || l.freshNoDelay != 1 {
+			t.Fatalf("fresh connection %d from a listener with TCP_NODELAY: nodelay %d, freshNoDelay %d", i, nodelay(fd), l.freshNoDelay)
+		}
+	}
+	fd := accepted(plain)
+	l.noDelay(fd, false)
+	if nodelay(fd) == 0 {
+		t.Fatal("a handed-on connection was left without TCP_NODELAY")
 	}
 }

@@ -68,6 +68,10 @@ type loop struct {
 	retireBy  int64
 	back      []*conn
 	sentBatch []*conn
+
+	// freshNoDelay: whether fresh connections come with TCP_NODELAY
+	// (noDelay): 0 not known yet, 1 they do, -1 they do not.
+	freshNoDelay int8
 }
 
 // Run serves until the master tells the child to stop (nil after a drain) or
@@ -127,6 +131,8 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 		return nil, err
 	}
 	if cfg.Listener > 0 {
+		// Accepted sockets inherit TCP_NODELAY from their listener.
+		unix.SetsockoptInt(cfg.Listener, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		if err := p.Add(cfg.Listener, epoll.In); err != nil {
 			l.sig.Close()
 			p.Close()
@@ -332,8 +338,7 @@ func (l *loop) accept(n int) bool {
 // serves it too (its answer says Connection: close): it was sent before the
 // master knew.
 func (l *loop) register(fd int, carried []byte) {
-	// Responses go out in one write each; Nagle would hold the next one back.
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	l.noDelay(fd, carried == nil)
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*conn, len(l.conns)+64)...)
 	}
@@ -408,6 +413,25 @@ func (e *earlyReads) note(hit bool) {
 	if e.tries == earlyWindow {
 		e.armFirst = 2*e.misses > e.tries
 		e.tries, e.misses = 0, 0
+	}
+}
+
+// noDelay makes sure fd has TCP_NODELAY: responses go out in one write
+// each, and Nagle would hold the next one back. A socket inherits it from
+// its listener, and both the master (fdpass) and the child itself
+// (reuseport) set it there, so the first fresh connection (not handed on by
+// another child) is asked whether it came with it; when it did, fresh
+// connections are taken to come with it from then on, which spares a
+// setsockopt per connection.
+func (l *loop) noDelay(fd int, fresh bool) {
+	if fresh && l.freshNoDelay == 0 {
+		l.freshNoDelay = -1
+		if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err == nil && v != 0 {
+			l.freshNoDelay = 1
+		}
+	}
+	if !fresh || l.freshNoDelay < 0 {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 }
 
