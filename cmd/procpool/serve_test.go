@@ -5,14 +5,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -39,7 +42,7 @@ func TestKeepAliveClient(t *testing.T) {
 			dials.Add(1)
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if err != nil {
-				ends.add("dial: " + err.Error())
+				ends.add("dial: " + errClass(err))
 				return nil, err
 			}
 			return &endingConn{Conn: c, ends: &ends}, nil
@@ -134,6 +137,21 @@ func (e *endings) list() map[string]int {
 	return maps.Clone(e.by)
 }
 
+// errClass names an error without the addresses in its text, so that like
+// endings count together.
+func errClass(err error) string {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, io.EOF):
+		return "EOF (the server closed)"
+	case errors.As(err, &errno):
+		return errno.Error()
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	}
+	return fmt.Sprintf("%T", err)
+}
+
 // endingConn records whether the server ended a connection (a read error
 // first) or the client did (a Close first).
 type endingConn struct {
@@ -145,7 +163,7 @@ type endingConn struct {
 func (c *endingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if err != nil {
-		c.once.Do(func() { c.ends.add("read: " + err.Error()) })
+		c.once.Do(func() { c.ends.add("read: " + errClass(err)) })
 	}
 	return n, err
 }
