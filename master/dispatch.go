@@ -50,6 +50,8 @@ func (m *Master) dispatch() {
 		m.forward() // upgraded: the new master deals them
 		return
 	}
+	var sentFds [maxAccept]int // the master's copies of what was sent, to close
+	sent := sentFds[:0]
 	for len(m.queue) > 0 {
 		dealt := 0
 		for _, fd := range m.queue {
@@ -61,19 +63,45 @@ func (m *Master) dispatch() {
 			dealt++
 		}
 		if dealt == 0 {
-			return
+			break
 		}
 		m.queue = append(m.queue[:0], m.queue[dealt:]...)
 		returned := false
 		for _, k := range m.targets {
-			if len(k.batch) > 0 && m.send(k) {
-				returned = true
+			if len(k.batch) > 0 {
+				var back bool
+				if sent, back = m.sendTo(k, sent); back {
+					returned = true
+				}
 			}
 		}
 		if !returned {
-			return
+			break
 		}
 	}
+	closeSent(sent)
+}
+
+// closeSent closes the master's copies of the fds it has sent and returns
+// fds emptied. Fds accepted in one burst are mostly consecutive numbers (the
+// kernel gives the lowest free ones, and the last burst's were closed), and
+// then one close_range closes them all: one call per burst instead of one
+// per connection. It is used only when fds is exactly the range (distinct
+// fds, as many as the range holds), so that nothing else is closed.
+func closeSent(fds []int) []int {
+	if len(fds) > 1 {
+		lo, hi := fds[0], fds[0]
+		for _, fd := range fds {
+			lo, hi = min(lo, fd), max(hi, fd)
+		}
+		if hi-lo+1 == len(fds) && unix.CloseRange(uint(lo), uint(hi), 0) == nil {
+			return fds[:0]
+		}
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	return fds[:0]
 }
 
 // next picks the target child for the next connection: round-robin, or the
@@ -113,9 +141,18 @@ func (m *Master) canTake(k *kid) bool {
 	return !k.full && !k.h.stalled.Load() && m.hasRoom(k)
 }
 
-// send delivers k.batch. It reports whether some fds could not be sent; those
-// go back to the queue.
+// send delivers k.batch and closes the master's copies of what it sent. It
+// reports whether some fds could not be sent; those go back to the queue.
 func (m *Master) send(k *kid) bool {
+	var sentFds [ipc.MaxFds]int
+	sent, back := m.sendTo(k, sentFds[:0])
+	closeSent(sent)
+	return back
+}
+
+// sendTo is send that leaves the closing to its caller: it appends what it
+// sent to sent (closing them first when sent is full) and returns it.
+func (m *Master) sendTo(k *kid, sent []int) ([]int, bool) {
 	if len(k.batch) > 0 && m.backlog(k) == 0 {
 		// It owed nothing until now: the stall clock starts here.
 		k.h.progressAt.Store(m.now().UnixNano())
@@ -135,15 +172,17 @@ func (m *Master) send(k *kid) bool {
 			m.poller.Rearm(k.ch.Fd, epoll.In|epoll.Out)
 			break
 		}
-		for _, fd := range b[:n] {
-			unix.Close(fd) // the child holds its own reference now
+		// The child holds its own references now.
+		if len(sent)+n > cap(sent) {
+			sent = closeSent(sent)
 		}
+		sent = append(sent, b[:n]...)
 		k.h.sent.Add(uint64(n))
 		b = b[n:]
 	}
 	m.queue = append(m.queue, b...)
 	k.batch = k.batch[:0]
-	return len(b) > 0
+	return sent, len(b) > 0
 }
 
 // updateAccepting keeps the listening socket in the poll set only while
