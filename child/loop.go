@@ -207,7 +207,9 @@ func (l *loop) run() error {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
 		}
-		l.updateListening(l.sess.clk.now)
+		// A fresh clock: the turn may have outlived the pause after EMFILE,
+		// and the next wait would otherwise run a full second unlistened.
+		l.updateListening(time.Now())
 		l.flushBack()
 		if (l.draining.Load() || l.retiring) && l.open == 0 && !l.channelHolds() {
 			return nil
@@ -360,6 +362,13 @@ func (l *loop) register(fd int, carried []byte) {
 			l.pool.submit(c)
 			return
 		}
+	}
+	if c.pending {
+		// Its request is in c.in already: no read event would announce it,
+		// so it is served now whatever early reads decided, and it says
+		// nothing about them.
+		l.apply(c, l.sess.serve(c))
+		return
 	}
 	if l.pool != nil || l.lastAccepts || !l.early.try() {
 		l.apply(c, aRead)

@@ -508,3 +508,32 @@ func tcpDiag(t *testing.T, nl, local, remote int) (s loopSocket, found bool) {
 		inode: uint64(binary.NativeEndian.Uint32(m[68:])),
 	}, true
 }
+
+// A connection handed on with its request already read (CmdConn, from a
+// retired child or an old master) is answered at once, however the loop
+// takes new connections: its client has nothing more to send, so no read
+// event would ever announce that request. Here the loop has turned to
+// arming new connections first (their early reads all found nothing).
+func TestLoopServesCarriedRequestWhenArmingFirst(t *testing.T) {
+	tc := startChild(t, Config{}, newTestRoutes())
+	var silent []*client // connections whose clients send nothing
+	for range 2 * earlyWindow {
+		silent = append(silent, tc.dial(t))
+	}
+	for i := range 2 {
+		nc, fd := tc.ln.Dial(t, &net.Dialer{})
+		target := "/carried" + itoa(i)
+		if err := tc.master.SendConn(ipc.Msg{}, fd, []byte(get(target))); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		c := &client{Conn: nc, br: bufio.NewReader(nc)}
+		if r := c.read(t); r.status != 200 || string(r.body) != target {
+			t.Fatalf("carried request %d: status %d body %q", i, r.status, r.body)
+		}
+	}
+	// The silent ones are still served once they speak.
+	if r := silent[0].roundTrip(t, "/late"); r.status != 200 || string(r.body) != "/late" {
+		t.Fatalf("silent connection: status %d body %q", r.status, r.body)
+	}
+}
