@@ -423,20 +423,20 @@ func sameAddr(a net.Addr, network, address string) bool {
 }
 
 // fd is the admin listener as a new master inherits it; -1 when there is
-// none. A Unix socket's path stays when this master closes it: the new
-// master serves on it.
-func (a *admin) fd() int {
+// none, or with an error when it cannot be passed on. A Unix socket's path
+// stays when this master closes it: the new master serves on it.
+func (a *admin) fd() (int, error) {
 	if a == nil || a.ln == nil {
-		return -1
+		return -1, nil
 	}
 	if a.file == nil {
 		f, ok := a.ln.(interface{ File() (*os.File, error) })
 		if !ok {
-			return -1
+			return -1, fmt.Errorf("a %T has no file", a.ln)
 		}
 		file, err := f.File()
 		if err != nil {
-			return -1
+			return -1, err
 		}
 		a.file = file
 		if u, ok := a.ln.(*net.UnixListener); ok {
@@ -446,9 +446,13 @@ func (a *admin) fd() int {
 	// Not a.file.Fd(): it puts the file description, which this master's
 	// listener shares, in blocking mode, and an accept that waits in the
 	// kernel is not woken when the listener closes: the exit would hang.
-	fd := -1
-	if rc, err := a.file.SyscallConn(); err == nil {
-		rc.Control(func(f uintptr) { fd = int(f) })
+	rc, err := a.file.SyscallConn()
+	if err != nil {
+		return -1, err
 	}
-	return fd
+	fd := -1
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }

@@ -32,7 +32,11 @@ func (m *Master) upgrade() {
 		m.log.Error("upgrade failed", "err", err)
 		return
 	}
-	files, env := upgradeStart(m.null, m.lfd, p[1], m.admin.fd())
+	afd, err := m.admin.fd()
+	if err != nil {
+		m.log.Warn("upgrade: the admin listener cannot be passed on; the new master listens anew", "err", err)
+	}
+	files, env := upgradeStart(m.null, m.lfd, p[1], afd)
 	attr := &syscall.ProcAttr{Env: env, Files: files}
 	argv := append([]string{MasterTitle}, m.cfg.MasterArgs...)
 	pid, err := m.sys.start(-1, false, m.cfg.Exe, argv, attr)
