@@ -218,7 +218,6 @@ func TestContextCancelled(t *testing.T) {
 		after func(t *testing.T, lc *liveChild, nc net.Conn)
 	}{
 		{name: "client closed", in: get("/wait"), cancel: func(t *testing.T, lc *liveChild, nc net.Conn) {
-			time.Sleep(50 * time.Millisecond) // the handler is in its select
 			nc.Close()
 		}},
 		// A client that half-closes after pipelining a request behind the one
@@ -294,8 +293,7 @@ func TestGoAwaySaysClose(t *testing.T) {
 	lc := startChild(t, child.Config{}, nethttp.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	})))
-	lc.send(t, ipc.CmdGoAway)
-	time.Sleep(50 * time.Millisecond)
+	lc.send(t, ipc.CmdGoAway) // ahead of the connection on the channel
 	nc := lc.dial(t)
 	io.WriteString(nc, get("/"))
 	br := bufio.NewReader(nc)
@@ -353,17 +351,18 @@ func TestExpectContinue(t *testing.T) {
 // With Config.Pool 0 the adapter still gets a pool: a handler that blocks
 // holds up only its own connection.
 func TestImpliedPool(t *testing.T) {
-	block := make(chan struct{})
+	block, blocked := make(chan struct{}), make(chan struct{})
 	defer close(block)
 	lc := startChild(t, child.Config{}, nethttp.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/block" {
+			close(blocked)
 			<-block
 		}
 		io.WriteString(w, "ok")
 	})))
 	slow := lc.dial(t)
 	io.WriteString(slow, get("/block"))
-	time.Sleep(50 * time.Millisecond)
+	<-blocked // the slow handler holds its goroutine
 	fast := lc.dial(t)
 	fast.SetDeadline(time.Now().Add(3 * time.Second))
 	io.WriteString(fast, get("/"))
