@@ -33,8 +33,8 @@ func TestCloseSent(t *testing.T) {
 
 	fds := dups(5)
 	whole := []int{fds[3], fds[1], fds[0], fds[4], fds[2]} // a range in dealing order
-	if fds[4]-fds[0] != 4 {                                // another test took a number in between
-		closeSent(whole)
+	if fds[4]-fds[0] != 4 {
+		closeSent(whole) // another test took a number in between
 	} else {
 		if got := closeSent(whole); len(got) != 0 {
 			t.Fatalf("closeSent returned %v, want it emptied", got)
