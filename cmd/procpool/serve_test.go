@@ -5,17 +5,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -114,63 +110,6 @@ func TestKeepAliveClient(t *testing.T) {
 	if n := dials.Load(); n > goroutines {
 		t.Errorf("client dialed %d connections for %d goroutines: keep-alive connections were not kept; ended by: %v", n, goroutines, ends.list())
 	}
-}
-
-// endings counts how a client's connections ended.
-type endings struct {
-	mu sync.Mutex
-	by map[string]int
-}
-
-func (e *endings) add(why string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.by == nil {
-		e.by = map[string]int{}
-	}
-	e.by[why]++
-}
-
-func (e *endings) list() map[string]int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return maps.Clone(e.by)
-}
-
-// errClass names an error without the addresses in its text, so that like
-// endings count together.
-func errClass(err error) string {
-	var errno syscall.Errno
-	switch {
-	case errors.Is(err, io.EOF):
-		return "EOF (the server closed)"
-	case errors.As(err, &errno):
-		return errno.Error()
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return "timeout"
-	}
-	return fmt.Sprintf("%T", err)
-}
-
-// endingConn records whether the server ended a connection (a read error
-// first) or the client did (a Close first).
-type endingConn struct {
-	net.Conn
-	ends *endings
-	once sync.Once
-}
-
-func (c *endingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.once.Do(func() { c.ends.add("read: " + errClass(err)) })
-	}
-	return n, err
-}
-
-func (c *endingConn) Close() error {
-	c.once.Do(func() { c.ends.add("client close") })
-	return c.Conn.Close()
 }
 
 // TestPipelining writes 100 requests at once on one connection and expects
