@@ -73,6 +73,8 @@ func TestKeepAliveClient(t *testing.T) {
 			fail("%s %s: status %d", req.Method, req.URL.Path, resp.StatusCode)
 		case string(body) != want:
 			fail("%s %s: body %q, want %q", req.Method, req.URL.Path, body, want)
+		case resp.Close:
+			fail("%s %s: the server closed a keep-alive connection (Connection: close)", req.Method, req.URL.Path)
 		case wantType != "" && resp.Header.Get("Content-Type") != wantType:
 			fail("%s %s: Content-Type %q, want %q", req.Method, req.URL.Path, resp.Header.Get("Content-Type"), wantType)
 		default:

@@ -79,7 +79,9 @@ func TestStoppedChildIsDealtAround(t *testing.T) {
 			// dealt connections, half would wait for the SIGCONT and time out.
 			for round := range 5 {
 				if n, err := countErrs(getMany(s, 20, "/", "Hello World")); n > 0 {
-					t.Fatalf("round %d: %d of 20 requests failed while a child was stopped: %v", round, n, err)
+					// What the master saw of each child says where they went.
+					body, _ := adminGet(admin, "/status")
+					t.Fatalf("round %d: %d of 20 requests failed while a child was stopped: %v\n/status: %s", round, n, err, body)
 				}
 			}
 			st := getStatus(t, admin)
