@@ -20,7 +20,7 @@ const helloBody = "Hello World"
 
 // TestKeepAliveClient sends 2,000 requests from net/http's client, 50
 // goroutines with 40 requests each over at most 50 connections, and checks
-// every answer.
+// every answer and that the server closed no connection.
 func TestKeepAliveClient(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=2")
@@ -109,8 +109,14 @@ func TestKeepAliveClient(t *testing.T) {
 	if got := ok.Load(); got != goroutines*perGoroutine {
 		t.Errorf("%d of %d requests answered correctly", got, goroutines*perGoroutine)
 	}
-	if n := dials.Load(); n > goroutines {
-		t.Errorf("client dialed %d connections for %d goroutines: keep-alive connections were not kept; ended by: %v", n, goroutines, ends.list())
+	// The server closed none of them. Dials are not the measure: net/http's
+	// Transport itself drops a connection whose request write it has not
+	// seen finish within 50 ms of the answer (maxWriteWaitBeforeConnReuse),
+	// which a loaded machine makes happen now and then.
+	for why, n := range ends.list() {
+		if why != "client close" {
+			t.Errorf("%d of %d connections ended by %s: keep-alive connections were not kept", n, dials.Load(), why)
+		}
 	}
 }
 
