@@ -72,6 +72,21 @@ func readStatFile(path string) (procStat, error) {
 	return st, err
 }
 
+// allThreadsStopped reports whether every thread of pid is stopped (state T).
+func allThreadsStopped(pid int) bool {
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(files) == 0 {
+		return false
+	}
+	for _, f := range files {
+		st, err := readStatFile(f)
+		if err != nil || st.state != 'T' {
+			return false
+		}
+	}
+	return true
+}
+
 func identify(pid int) (procID, error) {
 	st, err := readStat(pid)
 	if err != nil {

@@ -22,6 +22,13 @@ func stopChild(t *testing.T, pid int) {
 		t.Fatalf("SIGSTOP %d: %v", pid, err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	// kill returns once the signal is queued; the threads stop as each
+	// comes to it, and on a loaded machine the loop's thread may first
+	// take a message and read a request, which then waits for the SIGCONT.
+	// What a test makes after this must find the child stopped.
+	if !pollFor(ioTimeout, func() bool { return allThreadsStopped(pid) }) {
+		t.Fatalf("child %d: not every thread stopped after SIGSTOP", pid)
+	}
 }
 
 // getMany makes n requests at once, each on its own connection, and returns
