@@ -159,7 +159,7 @@ func newLoop(cfg Config, h Handler) (*loop, error) {
 func (l *loop) run() error {
 	for {
 		wait := 1000
-		if l.cfg.Listener > 0 && time.Now().Before(l.rest.Until) {
+		if l.resting() {
 			wait = int(min(max(0, time.Until(l.rest.Until).Milliseconds()+1), 1000))
 		}
 		wait = l.retireWait(wait)
@@ -207,9 +207,7 @@ func (l *loop) run() error {
 			l.sweep(now)
 			l.sweepAt = now + int64(time.Second)
 		}
-		// A fresh clock: the turn may have outlived the pause after EMFILE,
-		// and the next wait would otherwise run a full second unlistened.
-		l.updateListening(time.Now())
+		l.updateListening()
 		l.flushBack()
 		if (l.draining.Load() || l.retiring) && l.open == 0 && !l.channelHolds() {
 			return nil
@@ -326,7 +324,7 @@ func (l *loop) accept(n int) bool {
 		case unix.EAGAIN:
 		case unix.EMFILE, unix.ENFILE:
 			l.rest.Begin(time.Now(), l.cfg.Log, err) // updateListening rests the listener
-			l.updateListening(time.Now())
+			l.updateListening()
 		default:
 			l.cfg.Log.Error("accept", "err", err)
 		}
@@ -527,13 +525,21 @@ func (l *loop) closeConn(c *conn) {
 // atLimit reports whether the child holds -max-conns connections.
 func (l *loop) atLimit() bool { return l.cfg.MaxConns > 0 && l.open >= l.cfg.MaxConns }
 
+// resting reports whether the own listener rests after EMFILE. The turn's
+// clock answers no rest without a clock read; while one may still run it
+// asks the time afresh: a turn may outlive the pause, and a stale answer
+// would leave the listener out for the whole next wait.
+func (l *loop) resting() bool {
+	return l.cfg.Listener > 0 && l.sess.clk.now.Before(l.rest.Until) && time.Now().Before(l.rest.Until)
+}
+
 // updateListening is the one place that decides whether the child's own
 // listener (reuseport) is polled: not at -max-conns, so that the kernel's
 // queue goes to siblings with room, and not while resting after EMFILE, so
 // that a listener that stays readable is not spun on. The loop calls it once
 // a turn, and the accept loop when it runs out of fds.
-func (l *loop) updateListening(now time.Time) {
-	want := l.cfg.Listener > 0 && !l.atLimit() && !now.Before(l.rest.Until)
+func (l *loop) updateListening() {
+	want := l.cfg.Listener > 0 && !l.atLimit() && !l.resting()
 	if want == l.listening {
 		return
 	}
