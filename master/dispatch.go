@@ -195,10 +195,6 @@ func (m *Master) updateAccepting(now time.Time) {
 	}
 	var err error
 	if want {
-		// Accepted sockets inherit TCP_NODELAY from the listener, which
-		// spares every child a setsockopt per connection (child.noDelay
-		// checks that they came with it). A Unix socket has no such option.
-		unix.SetsockoptInt(m.lfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		err = m.poller.Add(m.lfd, epoll.In)
 	} else {
 		err = m.poller.Delete(m.lfd)

@@ -121,15 +121,29 @@ func resolve(addr string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), p), nil
 }
 
-// deferAccept sets TCP_DEFER_ACCEPT on the fdpass listener when asked.
-// The kernel then completes the accept only once the client has sent
-// something, so the master and the child wake once per connection instead of
-// twice, and the child's first read finds the request: about half the CPU
-// per one-request connection (scripts/bench, DEFERRED=1). The cost: a client
-// that connects and waits for the server to speak first is accepted only
-// after the kernel's SYN-ACK retransmit, about a second later.
-func deferAccept(lfd int, cfg Config) error {
-	if cfg.DeferAccept <= 0 || cfg.Mode != ModeFdpass || UnixPath(cfg.Listen) != "" {
+// tuneListener sets the options of the fdpass TCP listener, which accepted
+// sockets inherit:
+//   - TCP_NODELAY always: responses go out in one write each, and Nagle
+//     would hold the next one back; inherited, it spares every child a
+//     setsockopt per connection (child.noDelay checks that it came).
+//   - TCP_DEFER_ACCEPT when asked (-defer-accept). The kernel then completes
+//     the accept only once the client has sent something, so the master and
+//     the child wake once per connection instead of twice, and the child's
+//     first read finds the request: about half the CPU per one-request
+//     connection (scripts/bench, DEFERRED=1). The cost: a client that
+//     connects and waits for the server to speak first is accepted only
+//     after the kernel's SYN-ACK retransmit, about a second later.
+//
+// A reuseport child sets its own listener's TCP_NODELAY; a Unix socket has
+// neither option.
+func tuneListener(lfd int, cfg Config) error {
+	if cfg.Mode != ModeFdpass || UnixPath(cfg.Listen) != "" {
+		return nil
+	}
+	if err := unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return os.NewSyscallError("setsockopt TCP_NODELAY", err)
+	}
+	if cfg.DeferAccept <= 0 {
 		return nil
 	}
 	secs := int(max(1, cfg.DeferAccept.Round(time.Second)/time.Second))

@@ -87,7 +87,7 @@ type Config struct {
 	Watchdog time.Duration
 	// DeferAccept, in fdpass mode on TCP, sets TCP_DEFER_ACCEPT on the
 	// listener: the master wakes for a connection only once its first bytes
-	// have arrived (0: off; see deferAccept).
+	// have arrived (0: off; see tuneListener).
 	DeferAccept time.Duration
 	// Recycling: a child is replaced (replacement first, then hand-back)
 	// once it has answered MaxRequests requests, lived MaxLifetime, or its
@@ -246,7 +246,7 @@ func start(cfg Config) (*Master, error) {
 		m.close()
 		return nil, err
 	}
-	if err = deferAccept(m.lfd, cfg); err != nil {
+	if err = tuneListener(m.lfd, cfg); err != nil {
 		m.close()
 		return nil, err
 	}
