@@ -205,6 +205,26 @@ func upgradeStart(null, lfd, ready, admin int) (files []uintptr, env []string) {
 	return files, env
 }
 
+// Upgraded reports whether this master was started by an upgrade. It then
+// serves InheritedListener and tells the old master through UpgradeReporter.
+func Upgraded() bool { return os.Getenv(EnvInheritFd) != "" }
+
+// InheritedListener takes the listening socket the old master passed at an
+// upgrade; 0 when there is none (Config.ListenFd's none).
+func InheritedListener() int { return max(0, inheritedFd(EnvInheritFd)) }
+
+// UpgradeChannel takes, in a master started by an upgrade, its end of the
+// channel to the old master, for Config.UpgradeFd; 0 otherwise. Call it once.
+func UpgradeChannel() int {
+	fd := inheritedFd(EnvUpgradeFd)
+	if fd < 0 {
+		return 0
+	}
+	unix.CloseOnExec(fd)
+	unix.SetNonblock(fd, true)
+	return fd
+}
+
 // daemonStart is what Daemonize starts the detached master with: stdin on
 // null, stdout and stderr on log, and report, the pipe it reports on.
 func daemonStart(null, log, report uintptr) (files []uintptr, env []string) {

@@ -2,8 +2,6 @@ package master
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -371,7 +369,7 @@ func (m *Master) retireOld() {
 	switch {
 	case m.announce:
 		m.announce = false
-		notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+		notifyReady()
 		m.reportUpgraded() // after READY: the old master then hands MAINPID over
 		if m.cfg.Ready != nil {
 			m.cfg.Ready(m.addr)

@@ -210,3 +210,36 @@ func reserve(addr string) (int, error) {
 	}
 	return fd, err
 }
+
+// adopt takes over an inherited socket, checking that it suits mode: the
+// master must hold a listening socket in fdpass mode and must not in
+// reuseport mode (it would never accept what the kernel queues on it).
+func adopt(fd int, mode string, backlog int) (int, error) {
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err != nil {
+		return -1, os.NewSyscallError("getsockopt", err)
+	}
+	switch {
+	case mode == ModeFdpass && listening == 0:
+		if backlog <= 0 {
+			backlog = somaxconn()
+		}
+		if err := unix.Listen(fd, backlog); err != nil {
+			return -1, os.NewSyscallError("listen", err)
+		}
+	case mode == ModeReuseport && listening != 0:
+		return -1, errModeSwitch
+	}
+	return fd, nil
+}
+
+// errModeSwitch: in reuseport mode each child binds its own SO_REUSEPORT
+// socket and the master holds only a bound, non-listening reservation of
+// the port, so a listening socket handed over cannot be used: not by an
+// upgrade from an fdpass master, nor by systemd socket activation.
+var errModeSwitch = errors.New("the inherited socket is listening, and reuseport mode cannot serve one: " +
+	"switch from fdpass to reuseport with a restart, not an upgrade; socket activation works in fdpass mode only")

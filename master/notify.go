@@ -23,6 +23,20 @@ func notify(state string) {
 	unix.Sendto(fd, []byte(state), unix.MSG_NOSIGNAL, &unix.SockaddrUnix{Name: path})
 }
 
+// notifyReady tells systemd that the service is ready, and that this
+// process is its main one: after an upgrade that is the new master.
+func notifyReady() { notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid())) }
+
+// notifyHandOver makes pid, the new master of an upgrade, systemd's main
+// process. That one says READY and STOPPING for the service from now on.
+// This one's stop is not the service's: with NotifyAccess=all a STOPPING=1
+// from here would start a stop of the unit. Like sd_notify's
+// unset_environment, say nothing more.
+func notifyHandOver(pid int) {
+	notify("MAINPID=" + strconv.Itoa(pid))
+	os.Unsetenv("NOTIFY_SOCKET")
+}
+
 // ActivatedListener returns the listening socket systemd passed by socket
 // activation (LISTEN_PID is us, LISTEN_FDS >= 1: the socket is fd 3), or -1.
 // It clears the variables so that children do not believe them too.

@@ -1,9 +1,6 @@
 package master
 
 import (
-	"errors"
-	"os"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -75,12 +72,7 @@ func (m *Master) onUpgradeReady() {
 	}
 	m.log.Info("upgrade done, handing over", "new_pid", m.upgradePid)
 	m.handover = ipc.NewChannel(fd)
-	notify("MAINPID=" + strconv.Itoa(m.upgradePid))
-	// The new master is systemd's main process now, and says READY and
-	// STOPPING for the service. This one's stop is not the service's: with
-	// NotifyAccess=all a STOPPING=1 from here would start a stop of the
-	// unit. Like sd_notify's unset_environment, say nothing more.
-	os.Unsetenv("NOTIFY_SOCKET")
+	notifyHandOver(m.upgradePid)
 	if m.cfg.Pidfile != nil {
 		if err := m.cfg.Pidfile.Write(m.upgradePid); err != nil {
 			m.log.Error("upgrade: pidfile", "err", err)
@@ -100,39 +92,6 @@ func (m *Master) upgradeExited(ws syscall.WaitStatus) {
 	m.upgradePid = 0
 }
 
-// adopt takes over an inherited socket, checking that it suits mode: the
-// master must hold a listening socket in fdpass mode and must not in
-// reuseport mode (it would never accept what the kernel queues on it).
-func adopt(fd int, mode string, backlog int) (int, error) {
-	unix.CloseOnExec(fd)
-	if err := unix.SetNonblock(fd, true); err != nil {
-		return -1, os.NewSyscallError("fcntl", err)
-	}
-	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-	if err != nil {
-		return -1, os.NewSyscallError("getsockopt", err)
-	}
-	switch {
-	case mode == ModeFdpass && listening == 0:
-		if backlog <= 0 {
-			backlog = somaxconn()
-		}
-		if err := unix.Listen(fd, backlog); err != nil {
-			return -1, os.NewSyscallError("listen", err)
-		}
-	case mode == ModeReuseport && listening != 0:
-		return -1, errModeSwitch
-	}
-	return fd, nil
-}
-
-// errModeSwitch: in reuseport mode each child binds its own SO_REUSEPORT
-// socket and the master holds only a bound, non-listening reservation of
-// the port, so a listening socket handed over cannot be used: not by an
-// upgrade from an fdpass master, nor by systemd socket activation.
-var errModeSwitch = errors.New("the inherited socket is listening, and reuseport mode cannot serve one: " +
-	"switch from fdpass to reuseport with a restart, not an upgrade; socket activation works in fdpass mode only")
-
 // MasterTitle is argv[0] of a master this package starts (detached by
 // Daemonize, or new by an upgrade), as ps and pgrep -f show it.
 const MasterTitle = "procpool: master"
@@ -151,24 +110,4 @@ func (m *Master) checkUpgrade(now time.Time) {
 		unix.Close(m.upgradeFd)
 		m.upgradeFd = -1
 	}
-}
-
-// Upgraded reports whether this master was started by an upgrade. It then
-// serves InheritedListener and tells the old master through UpgradeReporter.
-func Upgraded() bool { return os.Getenv(EnvInheritFd) != "" }
-
-// InheritedListener takes the listening socket the old master passed at an
-// upgrade; 0 when there is none (Config.ListenFd's none).
-func InheritedListener() int { return max(0, inheritedFd(EnvInheritFd)) }
-
-// UpgradeChannel takes, in a master started by an upgrade, its end of the
-// channel to the old master, for Config.UpgradeFd; 0 otherwise. Call it once.
-func UpgradeChannel() int {
-	fd := inheritedFd(EnvUpgradeFd)
-	if fd < 0 {
-		return 0
-	}
-	unix.CloseOnExec(fd)
-	unix.SetNonblock(fd, true)
-	return fd
 }
