@@ -4,16 +4,12 @@
 package main
 
 import (
-	"flag"
-	"log"
-	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/procpool/procpool/scripts/peers/peer"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/prefork"
 )
 
 func handle(ctx *fasthttp.RequestCtx) {
@@ -35,15 +31,4 @@ func handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetBodyString("Hello World")
 }
 
-func main() {
-	listen := flag.String("listen", "127.0.0.1:8080", "address to serve")
-	workers := flag.Int("workers", runtime.NumCPU(), "number of child processes")
-	flag.Parse()
-	// The master starts one child per GOMAXPROCS; each child resets it to 1.
-	runtime.GOMAXPROCS(*workers)
-
-	p := prefork.New(&fasthttp.Server{Handler: handle})
-	// Children poll their parent and leave when the master is gone.
-	p.OnMasterDeath = func() { os.Exit(1) }
-	log.Fatal(p.ListenAndServe(*listen))
-}
+func main() { peer.Prefork(handle) }

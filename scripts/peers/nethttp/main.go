@@ -7,13 +7,14 @@ import (
 	"log"
 	"net/http"
 	"runtime"
+
+	"github.com/procpool/procpool/scripts/peers/peer"
 )
 
 var hello = []byte("Hello World")
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:8080", "address to serve")
-	workers := flag.Int("workers", runtime.NumCPU(), "GOMAXPROCS")
+	listen, workers := peer.Flags("GOMAXPROCS")
 	flag.Parse()
 	runtime.GOMAXPROCS(*workers)
 

@@ -8,17 +8,16 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime"
 
 	"github.com/procpool/procpool/child"
 	"github.com/procpool/procpool/child/nethttp"
 	"github.com/procpool/procpool/master"
 	"github.com/procpool/procpool/scripts/peers/hellomux"
+	"github.com/procpool/procpool/scripts/peers/peer"
 )
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:8080", "address to serve")
-	workers := flag.Int("workers", runtime.NumCPU(), "number of children")
+	listen, workers := peer.Flags("number of children")
 	mode := flag.String("mode", master.ModeFdpass, "fdpass or reuseport")
 	affinity := flag.Bool("affinity", true, "pin child i to CPU i")
 	batch := flag.Bool("sched-batch", false, "children under SCHED_BATCH")
