@@ -5,10 +5,8 @@ package main
 // running.
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -270,7 +268,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if !pollFor(stopTimeout, func() bool { return !master.alive() }) {
 		t.Fatalf("daemon %d still running after -s stop", pid)
 	}
-	if !pollFor(startTimeout, func() bool { _, err := os.Stat(d.pidfile); return errors.Is(err, os.ErrNotExist) }) {
+	if !pollFor(startTimeout, func() bool { return !fileExists(d.pidfile) }) {
 		t.Errorf("pidfile %s still there after the daemon stopped", d.pidfile)
 	}
 	if !waitGone(kids, startTimeout) {
@@ -291,11 +289,8 @@ func TestDaemonLifecycle(t *testing.T) {
 // their stderr too.
 func TestUserChildrenReopenLog(t *testing.T) {
 	t.Parallel()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to switch users")
-	}
-	if _, err := user.Lookup("nobody"); err != nil {
-		t.Skip("no user nobody on this machine")
+	if _, err := nobody(); err != nil {
+		t.Skip(err)
 	}
 	d := newDaemon(t)
 	if code, stderr := d.start("-workers=2", "-user=nobody"); code != 0 {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -615,4 +616,23 @@ func (c *endingConn) Read(p []byte) (int, error) {
 func (c *endingConn) Close() error {
 	c.once.Do(func() { c.ends.add("client close") })
 	return c.Conn.Close()
+}
+
+// fileExists reports whether p names a file (of any type) that stat can see.
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// nobody is the user the -user tests switch to; the error says why they
+// cannot run here.
+func nobody() (*user.User, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("needs root to switch users")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		return nil, errors.New("no user nobody on this machine")
+	}
+	return u, nil
 }

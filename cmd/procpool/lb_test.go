@@ -7,7 +7,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,27 +22,6 @@ import (
 	"testing"
 	"time"
 )
-
-// adminStatus is the status code of GET path on an admin listener.
-func adminStatus(addr, path string) (int, string, error) {
-	resp, err := adminClient.Get("http://" + addr + path)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
-// waitAdminStatus polls GET path until it answers want.
-func waitAdminStatus(t *testing.T, addr, path string, want int) {
-	t.Helper()
-	var got int
-	var err error
-	if !pollFor(ioTimeout, func() bool { got, _, err = adminStatus(addr, path); return got == want }) {
-		t.Fatalf("GET %s on the admin listener: %d (%v), want %d", path, got, err, want)
-	}
-}
 
 // dialFrom connects to addr from the loopback address from (any of
 // 127.0.0.0/8 works on Linux), with an I/O deadline.
@@ -212,11 +190,6 @@ func haproxyBin(t *testing.T) string {
 		}
 	}
 	return p
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // freePort is a loopback TCP port nobody listens on now.
@@ -468,21 +441,13 @@ func TestStatusShowsProxyClient(t *testing.T) {
 	if _, err := c.Write([]byte("PROXY TCP4 198.51.100.7 127.0.0.1 40001 80\r\nGET /sleep/1500 HTTP/1.1\r\nHost: lb\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	var doc struct {
-		Children []struct {
-			Request *struct {
-				Path   string `json:"path"`
-				Client string `json:"client"`
-			} `json:"request"`
-		} `json:"children"`
-	}
 	var seen string
 	found := pollFor(ioTimeout, func() bool {
-		body, err := adminGet(admin, "/status")
-		if err != nil || json.Unmarshal([]byte(body), &doc) != nil {
+		st, err := fetchStatus(admin)
+		if err != nil {
 			return false
 		}
-		for _, k := range doc.Children {
+		for _, k := range st.Children {
 			if k.Request != nil && k.Request.Path == "/sleep/1500" {
 				seen = k.Request.Client
 				return true

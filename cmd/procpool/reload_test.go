@@ -12,7 +12,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -344,7 +343,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if !pollFor(stopTimeout, func() bool { return !adopted.alive() }) {
 		t.Fatalf("new master %d still alive after -s stop", newPid)
 	}
-	if !pollFor(startTimeout, func() bool { _, err := os.Stat(pidfile); return errors.Is(err, os.ErrNotExist) }) {
+	if !pollFor(startTimeout, func() bool { return !fileExists(pidfile) }) {
 		t.Errorf("pidfile %s left after the new master stopped", pidfile)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -229,12 +228,9 @@ func TestSocketActivation(t *testing.T) {
 // every child runs as nobody.
 func TestUserSwitch(t *testing.T) {
 	t.Parallel()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to switch users")
-	}
-	u, err := user.Lookup("nobody")
+	u, err := nobody()
 	if err != nil {
-		t.Skip("no user nobody on this machine")
+		t.Skip(err)
 	}
 	s := startServer(t, "-workers=2", "-user=nobody")
 	s.waitReady(2)
