@@ -110,13 +110,7 @@ func countSamples(samples []sample, name string) int {
 // test: CI installs it (Debian's prometheus package, see .ci/run).
 func promtool(t *testing.T, body string) {
 	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		if _, serr := os.Stat("/usr/bin/promtool"); serr != nil {
-			t.Fatalf("promtool not found (PATH lookup: %v): install it (Debian: apt-get install prometheus) to check /metrics", err)
-		}
-		path = "/usr/bin/promtool"
-	}
+	path := debianTool(t, "promtool", "/usr/bin", "prometheus")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, "check", "metrics")

@@ -636,3 +636,19 @@ func nobody() (*user.User, error) {
 	}
 	return u, nil
 }
+
+// debianTool finds a command some tests need, which .ci/run installs from
+// Debian's package pkg: on PATH, or in dir, where Debian puts it (a PATH
+// without sbin is common). A machine without it fails the test: skipping
+// would let a missing check pass unnoticed.
+func debianTool(t *testing.T, name, dir, pkg string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if p := filepath.Join(dir, name); fileExists(p) {
+		return p
+	}
+	t.Fatalf("%s not found: install it (apt-get install %s; .ci/run does)", name, pkg)
+	return ""
+}

@@ -180,18 +180,6 @@ func sorted(l []string) []string {
 	return l
 }
 
-// haproxyBin is Debian's HAProxy; .ci/run installs it when missing.
-func haproxyBin(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("haproxy")
-	if err != nil {
-		if p = "/usr/sbin/haproxy"; !fileExists(p) {
-			t.Fatal("haproxy not found: the load-balancer tests need it (apt-get install haproxy; .ci/run installs it)")
-		}
-	}
-	return p
-}
-
 // freePort is a loopback TCP port nobody listens on now.
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -212,7 +200,7 @@ func startHAProxy(t *testing.T, cfg string, ports ...int) {
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(haproxyBin(t), "-db", "-f", path)
+	cmd := exec.Command(debianTool(t, "haproxy", "/usr/sbin", "haproxy"), "-db", "-f", path)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
