@@ -208,8 +208,9 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 	want := counterTotals{accepted: conns, open: conns, requests: requests, bytesIn: uint64(sent),
 		r2xx: uint64(want2xx), r4xx: uint64(want4xx)}
 	var st statusDoc
+	var body string
 	settled := pollFor(5*time.Second, func() bool {
-		st = getStatus(t, admin)
+		body, st = rawStatus(admin)
 		got := st.totals()
 		got.bytesOut = 0
 		return got == want
@@ -219,6 +220,7 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 		got.bytesOut = 0
 		t.Errorf("/status totals %+v\nwant            %+v", got, want)
 	}
+	checkStatusNames(t, body)
 	if st.MasterPid != s.pid || st.Mode != "fdpass" || st.Generation != 0 {
 		t.Errorf("/status master_pid %d mode %q generation %d, want %d fdpass 0", st.MasterPid, st.Mode, st.Generation, s.pid)
 	}

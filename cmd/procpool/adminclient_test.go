@@ -12,50 +12,57 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/procpool/procpool/master"
 )
 
-// statusDoc is the /status document as a client reads it: the names are the
-// wire contract, so they are spelled out here rather than taken from the
-// master package.
-type statusDoc struct {
-	MasterPid  int        `json:"master_pid"`
-	Mode       string     `json:"mode"`
-	Uptime     float64    `json:"uptime_seconds"`
-	Generation int        `json:"generation"`
-	Children   []childDoc `json:"children"`
+// statusDoc is the /status document, decoded into the type the master
+// encodes it from. The names on the wire are the contract that scripts and
+// dashboards read, so checkStatusNames spells them out itself.
+type statusDoc master.Status
+
+// The /status names, as the README documents them: a rename fails here.
+// Names with omitempty are in the second list of each.
+var (
+	statusNames = [2][]string{{"children", "generation", "master_pid", "mode", "uptime_seconds"}}
+	childNames  = [2][]string{{"accepted", "backlog", "bytes_in", "bytes_out", "cpu", "generation",
+		"handed_back", "in_flight", "open", "parse_errors", "pid", "req_per_sec", "requests",
+		"responses", "rss_bytes", "since_progress_seconds", "slot", "stalled", "started", "state",
+		"taken_back", "timeouts", "watchdog_kills"}, {"recycle", "replaces", "request"}}
+	requestNames = [2][]string{{"age_seconds", "method", "path"}, {"client"}}
+)
+
+// checkStatusNames checks that a /status body uses exactly the documented
+// names: every name that is always there, and nothing undocumented.
+func checkStatusNames(t *testing.T, body string) {
+	t.Helper()
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatalf("/status is not JSON: %v\n%s", err, body)
+	}
+	checkNames(t, "/status", doc, statusNames)
+	children, _ := doc["children"].([]any)
+	for _, c := range children {
+		c, _ := c.(map[string]any)
+		checkNames(t, "/status child", c, childNames)
+		if r, ok := c["request"].(map[string]any); ok {
+			checkNames(t, "/status request", r, requestNames)
+		}
+	}
 }
 
-type childDoc struct {
-	Pid         int               `json:"pid"`
-	Slot        int               `json:"slot"`
-	Generation  int               `json:"generation"`
-	CPU         int               `json:"cpu"`
-	State       string            `json:"state"`
-	RSSBytes    int64             `json:"rss_bytes"`
-	Accepted    uint64            `json:"accepted"`
-	Open        uint64            `json:"open"`
-	Requests    uint64            `json:"requests"`
-	BytesIn     uint64            `json:"bytes_in"`
-	BytesOut    uint64            `json:"bytes_out"`
-	Responses   map[string]uint64 `json:"responses"`
-	ParseErrors uint64            `json:"parse_errors"`
-	Timeouts    uint64            `json:"timeouts"`
-	// What the master knows of the child's progress.
-	Backlog       uint64  `json:"backlog"`
-	Stalled       bool    `json:"stalled"`
-	SinceProgress float64 `json:"since_progress_seconds"`
-	TakenBack     uint64  `json:"taken_back"`
-	HandedBack    uint64  `json:"handed_back"`
-	Recycle       string  `json:"recycle"`
-	Replaces      string  `json:"replaces"`
-	WatchdogKills uint64  `json:"watchdog_kills"`
-	InFlight      int64   `json:"in_flight"`
-	Request       *struct {
-		Method string  `json:"method"`
-		Path   string  `json:"path"`
-		Age    float64 `json:"age_seconds"`
-		Client string  `json:"client"`
-	} `json:"request"`
+func checkNames(t *testing.T, what string, obj map[string]any, names [2][]string) {
+	t.Helper()
+	for _, n := range names[0] {
+		if _, ok := obj[n]; !ok {
+			t.Errorf("%s lacks %q: %v", what, n, obj)
+		}
+	}
+	for n := range obj {
+		if !slices.Contains(names[0], n) && !slices.Contains(names[1], n) {
+			t.Errorf("%s has %q, which the test does not know: document it and add it here", what, n)
+		}
+	}
 }
 
 // counterTotals are the children's counters summed.
@@ -119,23 +126,29 @@ func adminGet(addr, path string) (string, error) {
 	return body, err
 }
 
-// fetchStatus fetches and decodes /status.
-func fetchStatus(addr string) (statusDoc, error) {
+// fetchStatus fetches /status, and decodes it when it can.
+func fetchStatus(addr string) (string, statusDoc, error) {
 	var st statusDoc
 	body, err := adminGet(addr, "/status")
 	if err != nil {
-		return st, err
+		return body, st, err
 	}
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
-		return st, fmt.Errorf("/status is not the JSON document: %v\n%s", err, body)
+		return body, st, fmt.Errorf("/status is not the JSON document: %v\n%s", err, body)
 	}
-	return st, nil
+	return body, st, nil
+}
+
+// rawStatus is fetchStatus for a poll, which tries again on an error.
+func rawStatus(addr string) (string, statusDoc) {
+	body, st, _ := fetchStatus(addr)
+	return body, st
 }
 
 // getStatus is fetchStatus for a test that cannot go on without it.
 func getStatus(t *testing.T, addr string) statusDoc {
 	t.Helper()
-	st, err := fetchStatus(addr)
+	_, st, err := fetchStatus(addr)
 	if err != nil {
 		t.Fatalf("admin %s: %v", addr, err)
 	}
