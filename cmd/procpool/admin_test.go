@@ -7,14 +7,11 @@ package main
 // The admin client the other tests use too is in adminclient_test.go.
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -25,101 +22,6 @@ import (
 	"testing"
 	"time"
 )
-
-// sample is one line of the Prometheus text format.
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-var (
-	reSample = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$`)
-	reLabel  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-)
-
-// parseMetrics reads the samples of a /metrics body.
-func parseMetrics(body string) ([]sample, error) {
-	var out []sample
-	for _, line := range strings.Split(body, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		m := reSample.FindStringSubmatch(line)
-		if m == nil {
-			return nil, fmt.Errorf("/metrics line %q is not a sample", line)
-		}
-		v, err := strconv.ParseFloat(m[3], 64)
-		if err != nil {
-			return nil, fmt.Errorf("/metrics line %q: value: %v", line, err)
-		}
-		s := sample{name: m[1], labels: map[string]string{}, value: v}
-		for _, l := range reLabel.FindAllStringSubmatch(m[2], -1) {
-			s.labels[l[1]] = l[2]
-		}
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-// getMetrics fetches and parses /metrics, and returns the body too.
-func getMetrics(t *testing.T, addr string) ([]sample, string) {
-	t.Helper()
-	body, err := adminGet(addr, "/metrics")
-	if err != nil {
-		t.Fatalf("admin %s: %v", addr, err)
-	}
-	samples, err := parseMetrics(body)
-	if err != nil {
-		t.Fatalf("admin %s: %v", addr, err)
-	}
-	return samples, body
-}
-
-// sumSamples sums the samples of name whose labels include match.
-func sumSamples(samples []sample, name string, match map[string]string) float64 {
-	var sum float64
-	for _, s := range samples {
-		if s.name != name {
-			continue
-		}
-		ok := true
-		for k, v := range match {
-			ok = ok && s.labels[k] == v
-		}
-		if ok {
-			sum += s.value
-		}
-	}
-	return sum
-}
-
-// countSamples is how many samples of name there are.
-func countSamples(samples []sample, name string) int {
-	n := 0
-	for _, s := range samples {
-		if s.name == name {
-			n++
-		}
-	}
-	return n
-}
-
-// promtool runs `promtool check metrics` on body: it must exit 0 and
-// print nothing (no lint findings). A machine without promtool fails the
-// test: CI installs it (Debian's prometheus package, see .ci/run).
-func promtool(t *testing.T, body string) {
-	t.Helper()
-	path := debianTool(t, "promtool", "/usr/bin", "prometheus")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, path, "check", "metrics")
-	cmd.Stdin = strings.NewReader(body)
-	out, err := cmd.CombinedOutput()
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("promtool check metrics: %v; output:\n%s\nbody:\n%s", err, out, body)
-	}
-}
 
 // mixRequest is one request of the admin test's load and what it must get.
 type mixRequest struct {
@@ -428,16 +330,10 @@ func TestAdminStatusAndMetrics(t *testing.T) {
 // against st.
 func checkStatusTable(t *testing.T, admin string, masterPid int, st statusDoc) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binPath, "-s", "status", "-admin", admin)
-	cmd.Env = serverEnv()
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("procpool -s status -admin %s: %v; stderr:\n%s", admin, err, stderr.String())
+	code, out, stderr := runOutput(t, "-s", "status", "-admin", admin)
+	if code != 0 {
+		t.Fatalf("procpool -s status -admin %s: exit status %d; stderr:\n%s", admin, code, stderr)
 	}
-	out := stdout.String()
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 	if !strings.HasPrefix(lines[0], fmt.Sprintf("master %d ", masterPid)) || !strings.Contains(lines[0], "generation 0") {
 		t.Errorf("procpool -s status: first line %q, want master %d ... generation 0", lines[0], masterPid)

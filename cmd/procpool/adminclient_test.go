@@ -1,15 +1,21 @@
 package main
 
 // The admin listener as the tests use it: where the master says it listens,
-// GET with a status, and the /status document decoded.
+// GET with a status, the /status document decoded and its names checked,
+// and /metrics parsed and checked by promtool.
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -173,5 +179,100 @@ func waitAdminStatus(t *testing.T, addr, path string, want int) {
 	var err error
 	if !pollFor(ioTimeout, func() bool { got, _, err = adminStatus(addr, path); return got == want }) {
 		t.Fatalf("GET %s on the admin listener: %d (%v), want %d", path, got, err, want)
+	}
+}
+
+// sample is one line of the Prometheus text format.
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+var (
+	reSample = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$`)
+	reLabel  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+)
+
+// parseMetrics reads the samples of a /metrics body.
+func parseMetrics(body string) ([]sample, error) {
+	var out []sample
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		m := reSample.FindStringSubmatch(line)
+		if m == nil {
+			return nil, fmt.Errorf("/metrics line %q is not a sample", line)
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics line %q: value: %v", line, err)
+		}
+		s := sample{name: m[1], labels: map[string]string{}, value: v}
+		for _, l := range reLabel.FindAllStringSubmatch(m[2], -1) {
+			s.labels[l[1]] = l[2]
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// getMetrics fetches and parses /metrics, and returns the body too.
+func getMetrics(t *testing.T, addr string) ([]sample, string) {
+	t.Helper()
+	body, err := adminGet(addr, "/metrics")
+	if err != nil {
+		t.Fatalf("admin %s: %v", addr, err)
+	}
+	samples, err := parseMetrics(body)
+	if err != nil {
+		t.Fatalf("admin %s: %v", addr, err)
+	}
+	return samples, body
+}
+
+// sumSamples sums the samples of name whose labels include match.
+func sumSamples(samples []sample, name string, match map[string]string) float64 {
+	var sum float64
+	for _, s := range samples {
+		if s.name != name {
+			continue
+		}
+		ok := true
+		for k, v := range match {
+			ok = ok && s.labels[k] == v
+		}
+		if ok {
+			sum += s.value
+		}
+	}
+	return sum
+}
+
+// countSamples is how many samples of name there are.
+func countSamples(samples []sample, name string) int {
+	n := 0
+	for _, s := range samples {
+		if s.name == name {
+			n++
+		}
+	}
+	return n
+}
+
+// promtool runs `promtool check metrics` on body: it must exit 0 and
+// print nothing (no lint findings). A machine without promtool fails the
+// test: CI installs it (Debian's prometheus package, see .ci/run).
+func promtool(t *testing.T, body string) {
+	t.Helper()
+	path := debianTool(t, "promtool", "/usr/bin", "prometheus")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("promtool check metrics: %v; output:\n%s\nbody:\n%s", err, out, body)
 	}
 }

@@ -357,22 +357,29 @@ func (s *server) stop() {
 // returns its exit status and stderr.
 func runToExit(t *testing.T, args ...string) (int, string) {
 	t.Helper()
+	code, _, stderr := runOutput(t, args...)
+	return code, stderr
+}
+
+// runOutput is runToExit with what the command wrote to stdout too.
+func runOutput(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, args...)
 	cmd.Env = serverEnv()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("procpool %v still running after %v; killed. stderr:\n%s", args, startTimeout, stderr.String())
+		t.Fatalf("procpool %v still running after %v; killed. stderr:\n%s", args, startTimeout, errOut.String())
 	}
 	if err != nil {
 		if _, ok := err.(*exec.ExitError); !ok {
 			t.Fatalf("procpool %v: %v", args, err)
 		}
 	}
-	return cmd.ProcessState.ExitCode(), stderr.String()
+	return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
 }
 
 // pollFor polls cond until it holds or timeout passes.
