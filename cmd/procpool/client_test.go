@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // dial connects to the server with an I/O deadline.
@@ -137,4 +139,14 @@ func (s *server) idleAndHalf(t *testing.T) (idle, half *clientConn) {
 		t.Fatal(err)
 	}
 	return idle, half
+}
+
+// rcvbufDialer dials with a receive buffer of rcvbuf bytes, so that what the
+// client does not read piles up on the server's side.
+func rcvbufDialer(rcvbuf int) *net.Dialer {
+	return &net.Dialer{Timeout: ioTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf) })
+		return serr
+	}}
 }

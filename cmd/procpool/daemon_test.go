@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -112,7 +111,7 @@ func (d *daemon) cleanup() {
 	for _, id := range d.kids {
 		if id.alive() {
 			t.Errorf("child %d of daemon %d still alive; killing it", id.pid, m.pid)
-			syscall.Kill(id.pid, syscall.SIGKILL)
+			unix.Kill(id.pid, unix.SIGKILL)
 		}
 	}
 	if t.Failed() {

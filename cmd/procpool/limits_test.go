@@ -8,13 +8,11 @@ import (
 	"bufio"
 	"fmt"
 	"net"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -237,12 +235,8 @@ func TestMaxConnsReload(t *testing.T) {
 	served(second, "second connection once the first closed")
 	second.Close()
 
-	if err := os.WriteFile(conf, []byte("max-conns = 3\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(s.pid, syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	rewrite(t, conf, "max-conns = 3\n")
+	s.signal(unix.SIGHUP)
 	// Reloaded, and the old child gone: only the new one takes connections.
 	reGone := regexp.MustCompile(`msg="child exited" pid=\d+ slot=0 gen=0 `)
 	if !s.log.waitFor(startTimeout, s.exited, func(lines []string) bool {
@@ -436,13 +430,7 @@ func TestResetDuringLargeResponse(t *testing.T) {
 
 	body := strings.Repeat("x", 1<<20)
 	request := fmt.Sprintf("POST /echo HTTP/1.1\r\nHost: obs\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	dialer := net.Dialer{Timeout: ioTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
-		// A 4 KiB receive window: what the client does not read piles
-		// up on the server's side.
-		var serr error
-		rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
-		return serr
-	}}
+	dialer := rcvbufDialer(4096)
 	// Even clients reset as soon as their request is out (the child may be
 	// reading it still, or writing). Odd ones pipeline the same request six
 	// times: 6 MiB of answers cannot fit in the kernel's buffers (4 MiB of

@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestGraceRunsOut: a graceful stop waits -grace for the request in
@@ -301,16 +299,10 @@ func bigEcho(n int) (request, body []byte) {
 	return append([]byte(head), body...), body
 }
 
-// dialBuf dials with a small receive buffer, so that what the client does
-// not read piles up on the server's side.
+// dialBuf dials with a small receive buffer (rcvbufDialer).
 func dialBuf(t *testing.T, addr string, rcvbuf int) *clientConn {
 	t.Helper()
-	d := net.Dialer{Timeout: ioTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf) })
-		return serr
-	}}
-	c, err := d.Dial("tcp", addr)
+	c, err := rcvbufDialer(rcvbuf).Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
