@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -365,7 +364,7 @@ func TestLogJSONDurations(t *testing.T) {
 	if code, stderr := runToExit(t, "-s", "stop", "-pidfile", d.pidfile); code != 0 {
 		t.Fatalf("-s stop: %d %s", code, stderr)
 	}
-	if waitFileMatch(d.logPath, regexp.MustCompile(`"msg":"graceful stop","grace":"3s"`), 0) == nil {
+	if !waitFileHas(d.logPath, `"msg":"graceful stop","grace":"3s"`, 0) {
 		b, _ := os.ReadFile(d.logPath)
 		t.Errorf(`no "grace":"3s" in the graceful stop line:\n%s`, b)
 	}

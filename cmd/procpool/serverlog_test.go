@@ -226,3 +226,8 @@ func waitFileMatch(path string, re *regexp.Regexp, timeout time.Duration) []stri
 	})
 	return m
 }
+
+// waitFileHas polls until the file at path contains text.
+func waitFileHas(path, text string, timeout time.Duration) bool {
+	return waitFileMatch(path, regexp.MustCompile(regexp.QuoteMeta(text)), timeout) != nil
+}
