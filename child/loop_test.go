@@ -199,6 +199,36 @@ func TestLoopRejectThenEOF(t *testing.T) {
 	}
 }
 
+// A connection adopted after the loop slept through an idle wait gets the
+// whole header timeout: its deadline counts from the turn that adopts it,
+// not from the turn before the wait, up to a second earlier.
+func TestLoopHeaderTimeoutAfterIdleWait(t *testing.T) {
+	to := DefaultTimeouts
+	to.Header = 1500 * time.Millisecond
+	st := new(ipc.Cell)
+	tc := startChild(t, Config{Timeouts: to, Stats: st}, newTestRoutes())
+	// Catch the loop just after a turn of its idle wait (it wakes once a
+	// second), and let most of the next second pass before connecting.
+	turns := st.Turns.Load()
+	for deadline := time.Now().Add(5 * time.Second); st.Turns.Load() == turns; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle loop did not turn within 5 s")
+		}
+	}
+	time.Sleep(800 * time.Millisecond)
+	start := time.Now()
+	c := tc.dial(t) // a client that says nothing
+	// The bound is only on a hang.
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.ReadAll(c.br); err != nil {
+		t.Fatalf("silent connection: %v; want it closed at the header timeout", err)
+	}
+	// The child keeps its deadlines in wall time, the test in monotonic.
+	if waited := time.Since(start); waited < to.Header-5*time.Millisecond {
+		t.Errorf("closed %v after it was passed, before the header timeout of %v", waited, to.Header)
+	}
+}
+
 func TestLoopIdleTimeout(t *testing.T) {
 	to := DefaultTimeouts
 	to.Idle = time.Second
