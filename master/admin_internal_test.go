@@ -3,6 +3,7 @@ package master
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -47,5 +48,31 @@ func TestAdminShowsDecisions(t *testing.T) {
 	}
 	if code, _ := get("/healthz"); code != 200 {
 		t.Errorf("/healthz: %d", code)
+	}
+}
+
+// An inherited admin listener is kept only for the address asked: the same
+// IP and port (port 0: any), or the same Unix path.
+func TestSameAddr(t *testing.T) {
+	tcp := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9100}
+	unixAddr := &net.UnixAddr{Name: "/run/procpool.sock", Net: "unix"}
+	for _, c := range []struct {
+		a                net.Addr
+		network, address string
+		want             bool
+	}{
+		{tcp, "tcp", "127.0.0.1:9100", true},
+		{tcp, "tcp", "127.0.0.1:0", true},
+		{tcp, "tcp", "127.0.0.1:9101", false},
+		{tcp, "tcp", "127.0.0.2:9100", false},
+		{tcp, "tcp", "[::1]:9100", false},
+		{tcp, "unix", "/run/procpool.sock", false},
+		{unixAddr, "unix", "/run/procpool.sock", true},
+		{unixAddr, "unix", "/run/other.sock", false},
+		{unixAddr, "tcp", "127.0.0.1:9100", false},
+	} {
+		if got := sameAddr(c.a, c.network, c.address); got != c.want {
+			t.Errorf("sameAddr(%s %s, %s %s) = %v, want %v", c.a.Network(), c.a, c.network, c.address, got, c.want)
+		}
 	}
 }

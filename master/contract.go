@@ -206,7 +206,7 @@ func upgradeStart(null, lfd, ready, admin int) (files []uintptr, env []string) {
 }
 
 // Upgraded reports whether this master was started by an upgrade. It then
-// serves InheritedListener and tells the old master through UpgradeReporter.
+// serves InheritedListener and reports ready to the old master on UpgradeChannel.
 func Upgraded() bool { return os.Getenv(EnvInheritFd) != "" }
 
 // InheritedListener takes the listening socket the old master passed at an

@@ -47,7 +47,7 @@ func TestChildContract(t *testing.T) {
 	}
 }
 
-// The upgrade's fds and environment; UpgradeReporter and InheritedListener
+// The upgrade's fds and environment; UpgradeChannel and InheritedListener
 // take theirs once.
 func TestUpgradeContract(t *testing.T) {
 	t.Setenv("PROCPOOL_SLOT", "1")

@@ -425,7 +425,7 @@ func TestUpgradeTimeout(t *testing.T) {
 	}
 }
 
-// Both ends of the upgrade handshake: the new master's UpgradeReporter is
+// Both ends of the upgrade handshake: the new master's reportUpgraded is
 // what the old one's onUpgradeReady waits for.
 func TestUpgradeHandshake(t *testing.T) {
 	t.Run("ready", func(t *testing.T) {

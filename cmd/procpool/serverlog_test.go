@@ -229,5 +229,8 @@ func waitFileMatch(path string, re *regexp.Regexp, timeout time.Duration) []stri
 
 // waitFileHas polls until the file at path contains text.
 func waitFileHas(path, text string, timeout time.Duration) bool {
-	return waitFileMatch(path, regexp.MustCompile(regexp.QuoteMeta(text)), timeout) != nil
+	return pollFor(timeout, func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && strings.Contains(string(b), text)
+	})
 }
