@@ -330,14 +330,14 @@ func TestProcessTitles(t *testing.T) {
 // checkComm expects every thread of pid to be called name.
 func checkComm(t *testing.T, pid int, name string) {
 	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	files, err := threadFiles(pid, "comm")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, task := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, task.Name()))
+	for tid, f := range files {
+		b, err := os.ReadFile(f)
 		if err == nil && strings.TrimSpace(string(b)) != name {
-			t.Errorf("thread %s of %d is called %q, want %q", task.Name(), pid, strings.TrimSpace(string(b)), name)
+			t.Errorf("thread %d of %d is called %q, want %q", tid, pid, strings.TrimSpace(string(b)), name)
 		}
 	}
 }

@@ -72,15 +72,34 @@ func readStatFile(path string) (procStat, error) {
 	return st, err
 }
 
+// threadFiles names the file /proc/PID/task/TID/name of every thread of
+// pid, by tid. A thread may exit before its file is read: readers skip
+// fs.ErrNotExist.
+func threadFiles(pid int, name string) (map[int]string, error) {
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/%s", pid, name))
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("process %d has no threads in /proc", pid)
+	}
+	m := map[int]string{}
+	for _, f := range files {
+		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		m[tid] = f
+	}
+	return m, nil
+}
+
 // allThreadsStopped reports whether every thread of pid is stopped (state T).
 func allThreadsStopped(pid int) bool {
-	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(files) == 0 {
+	files, err := threadFiles(pid, "stat")
+	if err != nil {
 		return false
 	}
 	for _, f := range files {
 		st, err := readStatFile(f)
-		if err != nil || st.state != 'T' {
+		if err == nil && st.state != 'T' || err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return false
 		}
 	}
@@ -534,15 +553,12 @@ func (s *server) held(t *testing.T, peer int) (held bool, unread int64) {
 
 // threadCPUs maps each thread of pid to the CPUs it may run on.
 func threadCPUs(pid int) (map[int][]int, error) {
-	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	files, err := threadFiles(pid, "status")
 	if err != nil {
 		return nil, err
 	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("process %d has no threads in /proc", pid)
-	}
 	m := map[int][]int{}
-	for _, f := range files {
+	for tid, f := range files {
 		st, err := readStatus(f)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -550,7 +566,6 @@ func threadCPUs(pid int) (map[int][]int, error) {
 		if err != nil {
 			return nil, err
 		}
-		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
 		v, ok := st["Cpus_allowed_list"]
 		if !ok {
 			return nil, fmt.Errorf("%s: no Cpus_allowed_list", f)

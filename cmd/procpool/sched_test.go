@@ -2,10 +2,7 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
-	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -15,12 +12,12 @@ import (
 // 41st field of /proc/PID/task/TID/stat (0 SCHED_OTHER, 3 SCHED_BATCH).
 func threadPolicies(t *testing.T, pid int) map[int]int {
 	t.Helper()
-	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("threads of %d: %v", pid, err)
+	files, err := threadFiles(pid, "stat")
+	if err != nil {
+		t.Fatal(err)
 	}
 	m := map[int]int{}
-	for _, f := range files {
+	for tid, f := range files {
 		st, err := readStatFile(f)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // the thread exited
@@ -28,7 +25,6 @@ func threadPolicies(t *testing.T, pid int) map[int]int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
 		m[tid] = st.policy
 	}
 	return m
