@@ -12,14 +12,14 @@ import (
 
 // loggedChild runs a child with an access log and returns a function that
 // stops it (which flushes the log) and returns the log's lines.
-func loggedChild(t *testing.T, lim Limits) (*testChild, func() []string) {
+func loggedChild(t *testing.T, lim Limits, h Handler) (*testChild, func() []string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "access.log")
 	al, err := OpenAccessLog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := startChild(t, Config{AccessLog: al, Limits: lim}, newTestRoutes())
+	tc := startChild(t, Config{AccessLog: al, Limits: lim}, h)
 	return tc, func() []string {
 		t.Helper()
 		tc.stop(t)
@@ -38,7 +38,7 @@ func loggedChild(t *testing.T, lim Limits) (*testChild, func() []string) {
 func TestAccessLogRejections(t *testing.T) {
 	lim := DefaultLimits
 	lim.MaxBody = 100
-	tc, lines := loggedChild(t, lim)
+	tc, lines := loggedChild(t, lim, newTestRoutes())
 	chunks := func(n int) string {
 		return strings.Repeat("a\r\n0123456789\r\n", n)
 	}
@@ -92,6 +92,54 @@ func TestAccessLogRejections(t *testing.T) {
 		line := got[i]
 		if !stamp.MatchString(line) || stamp.ReplaceAllString(line, "") != c.want {
 			t.Errorf("logged\n\t%s\nwant\n\t127.0.0.1 - - [date] %s", line, c.want)
+		}
+	}
+}
+
+// A raw response is logged with the size of what follows its head, as
+// nginx logs $body_bytes_sent, however the handler's writes and flushes cut
+// the head, and past a 100 Continue to the final response.
+func TestAccessLogRawBodySize(t *testing.T) {
+	writes := map[string][]string{ // a Flush after each write but the last
+		"/split":    {"HTTP/1.1 200 OK\r\nContent-Length: 5\r", "\n\r", "\nhel", "lo"},
+		"/continue": {"HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		"/empty":    {"HTTP/1.1 204 No Content\r\n\r\n"},
+		"/one":      {"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nHello World"},
+	}
+	tc, lines := loggedChild(t, DefaultLimits, HandlerFunc(func(w *Response, r *Request) {
+		w.SetStatus(200)
+		if string(r.Path) == "/empty" {
+			w.SetStatus(204)
+		}
+		parts := writes[string(r.Path)]
+		for i, p := range parts {
+			w.WriteRaw([]byte(p))
+			if i < len(parts)-1 {
+				if err := w.Flush(); err != nil {
+					t.Errorf("flush: %v", err)
+				}
+			}
+		}
+	}))
+	c := tc.dial(t)
+	for _, path := range []string{"/split", "/continue", "/empty", "/one"} {
+		r := c.roundTrip(t, path)
+		if r.status == 100 {
+			r = c.read(t)
+		}
+		if r.status/100 != 2 {
+			t.Fatalf("%s: status %d", path, r.status)
+		}
+	}
+	want := []string{`"GET /split HTTP/1.1" 200 5 `, `"GET /continue HTTP/1.1" 200 2 `,
+		`"GET /empty HTTP/1.1" 204 - `, `"GET /one HTTP/1.1" 200 11 `}
+	got := lines()
+	if len(got) != len(want) {
+		t.Fatalf("%d lines logged for %d requests:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for i, w := range want {
+		if !strings.Contains(got[i], w) {
+			t.Errorf("logged\n\t%s\nwant it to hold\n\t%s", got[i], w)
 		}
 	}
 }

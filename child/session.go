@@ -102,8 +102,11 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		s.st.Requests.Add(1)
 		if s.alog != nil {
 			size := len(s.resp.body)
-			if isHead(s.req.Method) {
+			switch {
+			case isHead(s.req.Method):
 				size = 0
+			case s.resp.raw:
+				size = s.resp.rawBodyLen()
 			}
 			s.alog.add(s.clk.now, c.peer, &s.req, s.resp.status, size)
 		}

@@ -51,6 +51,16 @@ type rawState struct {
 	err     error       // a send failed: what is left is dropped, the connection closes
 	watch   *watch      // Done's watcher; nil until Done is called
 	quit    <-chan struct{}
+
+	// What the access log counts of a raw response: the bytes after its
+	// head, as nginx's $body_bytes_sent (chunk framing included). With an
+	// access log, the head is followed as the handler writes it, past any
+	// 1xx interim heads to the final one.
+	rawLen  int     // raw bytes written, flushed or not
+	headAt  int     // where the head being followed begins
+	headEnd int     // where the final head ends; -1 until seen
+	matched int     // bytes of "\r\n\r\n" ending what was followed
+	code    [3]byte // the status code of the head being followed
 }
 
 // begin prepares w for the request the session is about to hand its
@@ -58,6 +68,7 @@ type rawState struct {
 func (w *Response) begin(s *session, c *conn, out []byte) {
 	w.raw, w.s, w.c, w.out, w.err, w.watch = false, s, c, out, nil, nil
 	w.flushed.Store(false)
+	w.rawLen, w.headAt, w.headEnd, w.matched, w.code = 0, 0, -1, 0, [3]byte{}
 }
 
 // end closes Done and returns the session's output once the handler has
@@ -82,13 +93,56 @@ func (w *Response) end(out []byte) []byte {
 // Close for a body that ends with the connection), with no body for a HEAD
 // request, and for Connection: close when it calls Close or KeepAlive is
 // false. SetStatus still names the status for the counters and the access
-// log (which counts raw bytes, header included, as the body's size).
-// Writes after a failed Flush are dropped.
+// log, which counts as the body's size the bytes after the head (past any
+// 1xx interim response), as nginx does. Writes after a failed Flush are
+// dropped.
 func (w *Response) WriteRaw(p []byte) {
 	w.raw = true
 	if w.err == nil {
+		if w.headEnd < 0 && w.s != nil && w.s.alog != nil {
+			w.followHead(p)
+		}
+		w.rawLen += len(p)
 		w.body = append(w.body, p...)
 	}
+}
+
+// followHead follows a raw response's head through p, the next bytes the
+// handler wrote, to the blank line that ends it. A 1xx head other than 101
+// Switching Protocols is interim: the final head follows it.
+func (w *rawState) followHead(p []byte) {
+	for i, b := range p {
+		at := w.rawLen + i
+		if k := at - w.headAt - len("HTTP/1.1 "); k >= 0 && k < len(w.code) {
+			w.code[k] = b
+		}
+		switch {
+		case b == "\r\n\r\n"[w.matched]:
+			w.matched++
+		case b == '\r':
+			w.matched = 1
+		default:
+			w.matched = 0
+		}
+		if w.matched < 4 {
+			continue
+		}
+		w.matched = 0
+		if w.code[0] == '1' && string(w.code[:]) != "101" {
+			w.headAt, w.code = at+1, [3]byte{}
+			continue
+		}
+		w.headEnd = at + 1
+		return
+	}
+}
+
+// rawBodyLen is what the access log counts of a raw response.
+func (w *rawState) rawBodyLen() int {
+	if w.headEnd < 0 {
+		return 0
+	}
+	return w.rawLen - w.headEnd
 }
 
 // Pending is the number of raw bytes written and not yet flushed.
