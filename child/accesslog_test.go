@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,8 +99,9 @@ func TestAccessLogRejections(t *testing.T) {
 
 // A raw response is logged with the size of what follows its head, as
 // nginx logs $body_bytes_sent, however the handler's writes and flushes cut
-// the head, and past a 100 Continue to the final response.
-func TestAccessLogRawBodySize(t *testing.T) {
+// the head, and past a 100 Continue to the final response; a 204 with a
+// body written to it is logged with none, as none is sent.
+func TestAccessLogBodySize(t *testing.T) {
 	writes := map[string][]string{ // a Flush after each write but the last
 		"/split":    {"HTTP/1.1 200 OK\r\nContent-Length: 5\r", "\n\r", "\nhel", "lo"},
 		"/continue": {"HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
@@ -108,8 +110,13 @@ func TestAccessLogRawBodySize(t *testing.T) {
 	}
 	tc, lines := loggedChild(t, DefaultLimits, HandlerFunc(func(w *Response, r *Request) {
 		w.SetStatus(200)
-		if string(r.Path) == "/empty" {
+		switch string(r.Path) {
+		case "/empty":
 			w.SetStatus(204)
+		case "/plain204":
+			w.SetStatus(204)
+			w.Write([]byte("not sent"))
+			return
 		}
 		parts := writes[string(r.Path)]
 		for i, p := range parts {
@@ -122,7 +129,7 @@ func TestAccessLogRawBodySize(t *testing.T) {
 		}
 	}))
 	c := tc.dial(t)
-	for _, path := range []string{"/split", "/continue", "/empty", "/one"} {
+	for _, path := range []string{"/split", "/continue", "/empty", "/one", "/plain204"} {
 		r := c.roundTrip(t, path)
 		if r.status == 100 {
 			r = c.read(t)
@@ -132,7 +139,7 @@ func TestAccessLogRawBodySize(t *testing.T) {
 		}
 	}
 	want := []string{`"GET /split HTTP/1.1" 200 5 `, `"GET /continue HTTP/1.1" 200 2 `,
-		`"GET /empty HTTP/1.1" 204 - `, `"GET /one HTTP/1.1" 200 11 `}
+		`"GET /empty HTTP/1.1" 204 - `, `"GET /one HTTP/1.1" 200 11 `, `"GET /plain204 HTTP/1.1" 204 - `}
 	got := lines()
 	if len(got) != len(want) {
 		t.Fatalf("%d lines logged for %d requests:\n%s", len(got), len(want), strings.Join(got, "\n"))
@@ -206,5 +213,88 @@ func TestAccessLogRefusesLink(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "keep\n" {
 		t.Errorf("the link's target changed: %q", b)
+	}
+}
+
+// followHead finds the final head however the handler's writes cut the
+// response: every split into three writes of each case is checked against
+// the head found in the whole response at once.
+func TestFollowHead(t *testing.T) {
+	// want: the body's size, or -1 where no final head ends.
+	cases := []struct {
+		raw  string
+		want int
+	}{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 5},
+		{"HTTP/1.0 200 OK\r\n\r\nbody until close", 16},
+		{"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 2},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 0},
+		{"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nframes", 6},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 13},
+		{"HTTP/1.1 200 OK\r\nX: a\r\r\n\r\nb", 1},            // a lone CR, then the blank line
+		{"HTTP/1.1 200 OK\r\nX: a\r\n\r\r\n\r\nb", 1},        // the blank line after the CR that broke one
+		{"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n", -1},     // the head never ends
+		{"HTTP/1.1 100 Continue\r\n\r\n", -1},                // an interim head alone
+		{"HTTP/1.1 200 OK\n\nbare LFs end no head here", -1}, // the handler's bug, not ours
+		{"", -1},
+	}
+	s := &session{alog: &logBuf{}}
+	size := func(parts ...string) int {
+		var w Response
+		w.begin(s, nil, nil)
+		for _, p := range parts {
+			w.WriteRaw([]byte(p))
+		}
+		if !w.headDone {
+			return -1
+		}
+		return w.rawBodyLen()
+	}
+	for _, c := range cases {
+		for i := 0; i <= len(c.raw); i++ {
+			for j := i; j <= len(c.raw); j++ {
+				if got := size(c.raw[:i], c.raw[i:j], c.raw[j:]); got != c.want {
+					t.Fatalf("%q written as %q %q %q: body %d, want %d", c.raw, c.raw[:i], c.raw[i:j], c.raw[j:], got, c.want)
+				}
+			}
+		}
+		bytewise := make([]string, len(c.raw))
+		for i := range c.raw {
+			bytewise[i] = c.raw[i : i+1]
+		}
+		if got := size(bytewise...); got != c.want {
+			t.Errorf("%q written a byte at a time: body %d, want %d", c.raw, got, c.want)
+		}
+	}
+	// Without an access log nothing is followed.
+	var w Response
+	w.begin(&session{}, nil, nil)
+	w.WriteRaw([]byte(cases[0].raw))
+	if w.headDone {
+		t.Error("the head was followed without an access log")
+	}
+}
+
+// A Flush that fails drops what the client did not take, and the log
+// counts only what it took.
+func TestRawBodyLenAfterFailedFlush(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	var w Response
+	w.begin(&session{alog: &logBuf{}, st: new(ipc.Cell)}, &conn{fd: fds[0]}, nil)
+	w.WriteRaw([]byte("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"))
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fds[1]) // the client goes: the next write fails with EPIPE
+	w.WriteRaw([]byte("world"))
+	if err := w.Flush(); err == nil {
+		t.Fatal("Flush to a closed peer succeeded")
+	}
+	if got := w.rawBodyLen(); got != 5 {
+		t.Errorf("body logged as %d bytes, want the 5 sent", got)
 	}
 }

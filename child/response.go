@@ -115,6 +115,10 @@ func safeHeader(s string) bool {
 	return true
 }
 
+// bodyless reports whether a response of status has no body: 1xx, 204
+// and 304 (RFC 9110, 6.4.1).
+func bodyless(status int) bool { return status == 204 || status == 304 || status < 200 }
+
 // appendResponse serialises w as the answer to r onto dst.
 func appendResponse(dst []byte, w *Response, r *Request, date []byte) []byte {
 	if w.raw {
@@ -130,7 +134,7 @@ func appendResponse(dst []byte, w *Response, r *Request, date []byte) []byte {
 		dst = append(dst, "\r\n"...)
 	}
 	dst = append(dst, w.header...)
-	bodyless := w.status == 204 || w.status == 304 || w.status < 200
+	bodyless := bodyless(w.status)
 	if !bodyless {
 		dst = append(dst, "Content-Length: "...)
 		dst = strconv.AppendInt(dst, int64(len(w.body)), 10)

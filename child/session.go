@@ -107,6 +107,8 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 				size = 0
 			case s.resp.raw:
 				size = s.resp.rawBodyLen()
+			case bodyless(s.resp.status): // appendResponse sends no body
+				size = 0
 			}
 			s.alog.add(s.clk.now, c.peer, &s.req, s.resp.status, size)
 		}

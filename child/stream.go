@@ -1,6 +1,7 @@
 package child
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"sync"
@@ -55,12 +56,14 @@ type rawState struct {
 	// What the access log counts of a raw response: the bytes after its
 	// head, as nginx's $body_bytes_sent (chunk framing included). With an
 	// access log, the head is followed as the handler writes it, past any
-	// 1xx interim heads to the final one.
-	rawLen  int     // raw bytes written, flushed or not
-	headAt  int     // where the head being followed begins
-	headEnd int     // where the final head ends; -1 until seen
-	matched int     // bytes of "\r\n\r\n" ending what was followed
-	code    [3]byte // the status code of the head being followed
+	// 1xx interim heads but 101 to the final one.
+	rawLen   int     // raw bytes written, less those a failed Flush dropped
+	unsent   int     // of them, how many are at the end of out, not yet sent
+	headAt   int     // where the head being followed begins
+	headEnd  int     // where the final head ends, when headDone
+	headDone bool    // the final head has been seen
+	matched  int     // bytes of "\r\n\r\n" ending what was followed
+	code     [3]byte // the status code of the head being followed
 }
 
 // begin prepares w for the request the session is about to hand its
@@ -68,7 +71,7 @@ type rawState struct {
 func (w *Response) begin(s *session, c *conn, out []byte) {
 	w.raw, w.s, w.c, w.out, w.err, w.watch = false, s, c, out, nil, nil
 	w.flushed.Store(false)
-	w.rawLen, w.headAt, w.headEnd, w.matched, w.code = 0, 0, -1, 0, [3]byte{}
+	w.rawLen, w.unsent, w.headAt, w.headEnd, w.headDone, w.matched, w.code = 0, 0, 0, 0, false, 0, [3]byte{}
 }
 
 // end closes Done and returns the session's output once the handler has
@@ -94,12 +97,12 @@ func (w *Response) end(out []byte) []byte {
 // request, and for Connection: close when it calls Close or KeepAlive is
 // false. SetStatus still names the status for the counters and the access
 // log, which counts as the body's size the bytes after the head (past any
-// 1xx interim response), as nginx does. Writes after a failed Flush are
-// dropped.
+// 1xx interim response other than 101), as nginx does. Writes after a
+// failed Flush are dropped.
 func (w *Response) WriteRaw(p []byte) {
 	w.raw = true
 	if w.err == nil {
-		if w.headEnd < 0 && w.s != nil && w.s.alog != nil {
+		if !w.headDone && w.s != nil && w.s.alog != nil {
 			w.followHead(p)
 		}
 		w.rawLen += len(p)
@@ -111,12 +114,17 @@ func (w *Response) WriteRaw(p []byte) {
 // handler wrote, to the blank line that ends it. A 1xx head other than 101
 // Switching Protocols is interim: the final head follows it.
 func (w *rawState) followHead(p []byte) {
-	for i, b := range p {
-		at := w.rawLen + i
-		if k := at - w.headAt - len("HTTP/1.1 "); k >= 0 && k < len(w.code) {
-			w.code[k] = b
+	base := w.rawLen // where p begins in the response
+	w.readCode(p, base)
+	for i := 0; i < len(p); i++ {
+		if w.matched == 0 { // only a CR can begin the blank line
+			j := bytes.IndexByte(p[i:], '\r')
+			if j < 0 {
+				return
+			}
+			i += j
 		}
-		switch {
+		switch b := p[i]; {
 		case b == "\r\n\r\n"[w.matched]:
 			w.matched++
 		case b == '\r':
@@ -129,20 +137,31 @@ func (w *rawState) followHead(p []byte) {
 		}
 		w.matched = 0
 		if w.code[0] == '1' && string(w.code[:]) != "101" {
-			w.headAt, w.code = at+1, [3]byte{}
+			w.headAt, w.code = base+i+1, [3]byte{}
+			w.readCode(p, base)
 			continue
 		}
-		w.headEnd = at + 1
+		w.headEnd, w.headDone = base+i+1, true
 		return
+	}
+}
+
+// readCode takes what p, which begins at base in the response, holds of the
+// status code of the head being followed ("HTTP/1.1 200": bytes 9 to 11).
+func (w *rawState) readCode(p []byte, base int) {
+	for k := range w.code {
+		if at := w.headAt + len("HTTP/1.1 ") + k - base; at >= 0 && at < len(p) {
+			w.code[k] = p[at]
+		}
 	}
 }
 
 // rawBodyLen is what the access log counts of a raw response.
 func (w *rawState) rawBodyLen() int {
-	if w.headEnd < 0 {
+	if !w.headDone {
 		return 0
 	}
-	return w.rawLen - w.headEnd
+	return max(0, w.rawLen-w.headEnd)
 }
 
 // Pending is the number of raw bytes written and not yet flushed.
@@ -164,6 +183,7 @@ func (w *Response) Flush() error {
 		return ErrNotRaw
 	}
 	w.flushed.Store(true)
+	w.unsent += len(w.body) // out ends with this response's bytes
 	w.out = append(w.out, w.body...)
 	w.body = w.body[:0]
 	if w.s == nil || w.c == nil || w.c.borrowed || len(w.out) == 0 {
@@ -173,6 +193,7 @@ func (w *Response) Flush() error {
 	for len(p) > 0 {
 		n, err := w.s.write(w.c.fd, p)
 		p = p[n:]
+		w.unsent = min(w.unsent, len(p))
 		switch {
 		case err == nil:
 		case err == unix.EAGAIN && !w.s.shared:
@@ -195,6 +216,8 @@ func (w *Response) Flush() error {
 var ErrWriteTimeout = errors.New("child: write timeout")
 
 func (w *Response) fail(err error) error {
+	w.rawLen -= w.unsent // never sent: the log counts what the kernel took
+	w.unsent = 0
 	w.err = err
 	w.close = true
 	w.out = w.out[:0]
