@@ -33,7 +33,7 @@ func (m *Master) accept() {
 			continue // the client gave up while queued; take the next one
 		case unix.EAGAIN:
 		case unix.EMFILE, unix.ENFILE:
-			m.rest.Begin(time.Now(), m.log, err)
+			m.rest.Begin(m.now(), m.log, err)
 		default:
 			m.log.Error("accept", "err", err)
 		}

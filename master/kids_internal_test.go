@@ -7,6 +7,7 @@ package master
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -549,4 +550,138 @@ func TestUpgradeForwardsConnections(t *testing.T) {
 	for _, fd := range newer.queue {
 		unix.Close(fd)
 	}
+}
+
+// A stop ends once every child has been reaped. Children still running at
+// the deadline (-grace for a graceful stop, fastStopWait for a fast one)
+// are killed then, not before. Connections waiting for a new master's
+// hand-over keep the master until the deadline.
+func TestStopDeadline(t *testing.T) {
+	const grace = 3 * time.Second
+	for _, c := range []struct {
+		kind stopKind
+		wait time.Duration
+	}{{graceful, grace}, {fast, fastStopWait}} {
+		m, f, kids := newFakeMaster(t, 2, Config{Grace: grace})
+		clk := withClock(m)
+		start := clk.now()
+		m.stop(c.kind)
+		if m.stopped(clk.add(c.wait)) {
+			t.Fatalf("stop %d: stopped at the deadline with %d children running", c.kind, len(m.kids))
+		}
+		for _, k := range kids {
+			if got := f.killed(k.pid); len(got) != 0 {
+				t.Fatalf("stop %d: child %d sent %v before the deadline", c.kind, k.pid, got)
+			}
+		}
+		if m.stopped(clk.add(time.Millisecond)) {
+			t.Fatalf("stop %d: stopped past the deadline before its children were reaped", c.kind)
+		}
+		for _, k := range kids {
+			if got := f.killed(k.pid); !slices.Equal(got, []syscall.Signal{unix.SIGKILL}) {
+				t.Errorf("stop %d: child %d sent %v past the deadline, want SIGKILL", c.kind, k.pid, got)
+			}
+		}
+		m.reap()
+		if !m.stopped(clk.now()) {
+			t.Errorf("stop %d: not stopped %v after it began, its children reaped (%d left)", c.kind, clk.now().Sub(start), len(m.kids))
+		}
+	}
+
+	t.Run("hand-over", func(t *testing.T) {
+		m, f, kids := newFakeMaster(t, 1, Config{Grace: grace})
+		clk := withClock(m)
+		m.stop(graceful)
+		f.exit(kids[0].pid, exited(0))
+		m.reap()
+		m.queue = append(m.queue, conns(t, 1)...)
+		m.handover = ipc.NewChannel(-1) // queued for a new master
+		t.Cleanup(func() { m.handover = nil })
+		if m.stopped(clk.add(grace)) {
+			t.Fatal("stopped with a connection waiting for the new master, before the deadline")
+		}
+		if !m.stopped(clk.add(time.Millisecond)) {
+			t.Fatal("not stopped past the deadline")
+		}
+	})
+}
+
+// The loop sleeps until the earliest thing due, and never past a second:
+// a respawn, the stop's deadline, the end of an accept rest, a recheck of
+// children at -max-conns.
+func TestLoopTimeout(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  func(m *Master, now time.Time)
+		want int
+	}{
+		{"nothing due", func(_ *Master, _ time.Time) {}, 1000},
+		{"a respawn", func(m *Master, now time.Time) { m.slots[1].respawnAt = now.Add(300 * time.Millisecond) }, 301},
+		{"a respawn past", func(m *Master, now time.Time) { m.slots[1].respawnAt = now.Add(-time.Second) }, 1000},
+		{"the stop's deadline", func(m *Master, now time.Time) { m.stop(graceful); m.deadline = now.Add(50 * time.Millisecond) }, 51},
+		{"the accept rest", func(m *Master, now time.Time) { m.rest.Until = now.Add(100 * time.Millisecond) }, 101},
+		{"all children full", func(m *Master, _ time.Time) { m.allFull = true }, int(fullRecheck/time.Millisecond) + 1},
+		{"the earliest of two", func(m *Master, now time.Time) {
+			m.rest.Until = now.Add(100 * time.Millisecond)
+			m.slots[0].respawnAt = now.Add(70 * time.Millisecond)
+		}, 71},
+		{"far off", func(m *Master, now time.Time) { m.slots[0].respawnAt = now.Add(time.Hour) }, 1000},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, _, _ := newFakeMaster(t, 2, Config{})
+			clk := withClock(m)
+			c.set(m, clk.now())
+			if got := m.timeout(); got != c.want {
+				t.Errorf("timeout %d ms, want %d", got, c.want)
+			}
+		})
+	}
+}
+
+// What a child says decides what the master does with it: a child that
+// drains on a signal of its own is dealt nothing more and replaced at once;
+// a child that sends a malformed message is killed and replaced.
+func TestChildMessages(t *testing.T) {
+	hear := func(m *Master, k testKid) {
+		m.onChannel(k.kid, &epoll.Event{Events: epoll.In, Fd: int32(k.ch.Fd)})
+	}
+	t.Run("draining on its own", func(t *testing.T) {
+		m, f, kids := newFakeMaster(t, 2, Config{})
+		clk := withClock(m)
+		k := kids[0]
+		if err := k.far.Send(ipc.Msg{Cmd: ipc.CmdDraining, Pid: int32(k.pid), Slot: 0}, nil); err != nil {
+			t.Fatal(err)
+		}
+		hear(m, k)
+		if k.state != draining || slices.Contains(m.targets, k.kid) {
+			t.Fatalf("child state %v, still a target %v; want draining and dealt nothing", k.state, slices.Contains(m.targets, k.kid))
+		}
+		m.maintain(clk.now())
+		if r := kidOf(m, 0); r == nil || r == k.kid || r.state != starting {
+			t.Fatalf("slot 0 after the drain: %+v, want a replacement starting", r)
+		}
+		if got := f.killed(k.pid); len(got) != 0 {
+			t.Errorf("the draining child was sent %v; it finishes its work", got)
+		}
+	})
+	t.Run("malformed", func(t *testing.T) {
+		m, f, kids := newFakeMaster(t, 2, Config{})
+		clk := withClock(m)
+		k := kids[0]
+		if _, err := unix.Write(k.far.Fd, []byte{1, 2, 3}); err != nil { // shorter than any message
+			t.Fatal(err)
+		}
+		hear(m, k)
+		if got := f.killed(k.pid); !slices.Equal(got, []syscall.Signal{unix.SIGKILL}) {
+			t.Fatalf("a child that sent a malformed message was sent %v, want SIGKILL", got)
+		}
+		if slices.Contains(m.targets, k.kid) {
+			t.Fatal("the broken child is still dealt connections")
+		}
+		m.reap()
+		m.maintain(clk.now())
+		if r := kidOf(m, 0); r == nil || r == k.kid {
+			t.Fatalf("slot 0 after the kill: %+v, want a replacement", r)
+		}
+	})
 }

@@ -281,12 +281,9 @@ func (m *Master) loop() error {
 		now := m.now()
 		m.lbTurn(now)
 		if m.stopBegun() {
-			if len(m.kids) == 0 && (len(m.queue) == 0 || m.handover == nil || now.After(m.deadline)) {
+			if m.stopped(now) {
 				m.log.Info("master stopped")
 				return m.stopErr()
-			}
-			if now.After(m.deadline) {
-				m.killAll()
 			}
 		} else {
 			m.recycle(now)
@@ -358,7 +355,7 @@ func (m *Master) reopen() {
 // timeout is how long the loop may sleep before something is due.
 func (m *Master) timeout() int {
 	var due time.Time
-	now := time.Now()
+	now := m.now()
 	consider := func(t time.Time) {
 		if t.After(now) && (due.IsZero() || t.Before(due)) {
 			due = t
@@ -387,6 +384,24 @@ func (m *Master) timeout() int {
 	return int(max(0, min(ms, 1000)))
 }
 
+// stopped reports, during a stop, whether the master is done: no child is
+// left, and no connection waits for a new master to take it (an upgrade's
+// hand-over) unless the deadline has passed. Past the deadline it kills the
+// children that are left, which the next reap then counts out.
+func (m *Master) stopped(now time.Time) bool {
+	if len(m.kids) == 0 && (len(m.queue) == 0 || m.handover == nil || now.After(m.deadline)) {
+		return true
+	}
+	if now.After(m.deadline) {
+		m.killAll()
+	}
+	return false
+}
+
+// fastStopWait is how long a fast stop (SIGINT) waits for the children it
+// told to stop to exit before it kills them.
+const fastStopWait = time.Second
+
 // stopBegun reports whether a stop, graceful or fast, has begun.
 func (m *Master) stopBegun() bool { return m.stopping != running }
 
@@ -404,13 +419,13 @@ func (m *Master) stop(kind stopKind) {
 	m.closeListener()
 	if kind == fast {
 		m.log.Info("fast stop")
-		m.deadline = time.Now().Add(time.Second)
+		m.deadline = m.now().Add(fastStopWait)
 		m.tellAll(ipc.CmdStop)
 		return
 	}
 	if first {
 		m.log.Info("graceful stop", "grace", m.cfg.Grace)
-		m.deadline = time.Now().Add(m.cfg.Grace)
+		m.deadline = m.now().Add(m.cfg.Grace)
 	}
 	m.dispatch() // connections already accepted still get served
 	m.tellAll(ipc.CmdDrain)

@@ -44,7 +44,7 @@ func (m *Master) stopAfterDelay() {
 	if !m.lb.until.IsZero() {
 		return // a second signal changes nothing
 	}
-	m.lb.until = time.Now().Add(m.cfg.ShutdownDelay)
+	m.lb.until = m.now().Add(m.cfg.ShutdownDelay)
 	m.lb.ready.Store(false)
 	notify("STOPPING=1")
 	m.log.Info("shutdown delay: not ready, serving with Connection: close until the graceful stop",
