@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/procpool/procpool/child/internal/childtest"
+	"github.com/procpool/procpool/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,9 +69,10 @@ func TestLoopServesNewConnectionsEitherOrder(t *testing.T) {
 	}
 }
 
-// Every connection the loop takes has TCP_NODELAY: set by noDelay, or
-// inherited from a listener that has it, in which case noDelay leaves fresh
-// connections alone; one handed on by another child is always set.
+// Every fresh connection the loop takes has TCP_NODELAY: set by noDelay,
+// or inherited from a listener that has it, in which case noDelay leaves
+// fresh connections alone, as it does those of a Unix-socket listener,
+// which have no such option.
 func TestNoDelay(t *testing.T) {
 	nodelay := func(fd int) int {
 		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
@@ -89,7 +91,7 @@ func TestNoDelay(t *testing.T) {
 	var l loop
 	for i := 0; i < 3; i++ {
 		fd := accepted(plain)
-		l.noDelay(fd, true)
+		l.noDelay(fd)
 		if nodelay(fd) == 0 || l.freshNoDelay != -1 {
 			t.Fatalf("fresh connection %d from a listener without TCP_NODELAY: nodelay %d, freshNoDelay %d", i, nodelay(fd), l.freshNoDelay)
 		}
@@ -102,14 +104,20 @@ func TestNoDelay(t *testing.T) {
 	l = loop{}
 	for i := 0; i < 3; i++ {
 		fd := accepted(inherits)
-		l.noDelay(fd, true)
+		l.noDelay(fd)
 		if nodelay(fd) == 0 || l.freshNoDelay != 1 {
 			t.Fatalf("fresh connection %d from a listener with TCP_NODELAY: nodelay %d, freshNoDelay %d", i, nodelay(fd), l.freshNoDelay)
 		}
 	}
-	fd := accepted(plain)
-	l.noDelay(fd, false)
-	if nodelay(fd) == 0 {
-		t.Fatal("a handed-on connection was left without TCP_NODELAY")
+	a, b, err := ipc.Pair() // a Unix socket, as from -listen unix:PATH
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(a)
+	defer unix.Close(b)
+	l = loop{}
+	l.noDelay(a)
+	if l.freshNoDelay != 1 {
+		t.Fatalf("a Unix-socket connection: freshNoDelay %d, want 1 (nothing to set, nothing to ask again)", l.freshNoDelay)
 	}
 }

@@ -338,7 +338,9 @@ func (l *loop) accept(n int) bool {
 // serves it too (its answer says Connection: close): it was sent before the
 // master knew.
 func (l *loop) register(fd int, carried []byte) {
-	l.noDelay(fd, carried == nil)
+	if carried == nil {
+		l.noDelay(fd)
+	}
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*conn, len(l.conns)+64)...)
 	}
@@ -423,21 +425,23 @@ func (e *earlyReads) note(hit bool) {
 	}
 }
 
-// noDelay makes sure fd has TCP_NODELAY: responses go out in one write
-// each, and Nagle would hold the next one back. A socket inherits it from
-// its listener, and both the master (fdpass) and the child itself
-// (reuseport) set it there, so the first fresh connection (not handed on by
-// another child) is asked whether it came with it; when it did, fresh
-// connections are taken to come with it from then on, which spares a
-// setsockopt per connection.
-func (l *loop) noDelay(fd int, fresh bool) {
-	if fresh && l.freshNoDelay == 0 {
+// noDelay makes sure a fresh connection (not one handed on by another
+// child, which set it already: the option belongs to the socket) has
+// TCP_NODELAY: responses go out in one write each, and Nagle would hold the
+// next one back. A socket inherits it from its listener, and both the
+// master (fdpass) and the child itself (reuseport) set it there, so the
+// first fresh connection is asked whether it came with it; when it did,
+// fresh connections are taken to come with it from then on, which spares a
+// setsockopt per connection. A socket that has no such option (a
+// Unix-socket listener's) is not asked again either.
+func (l *loop) noDelay(fd int) {
+	if l.freshNoDelay == 0 {
 		l.freshNoDelay = -1
-		if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err == nil && v != 0 {
+		if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v != 0 {
 			l.freshNoDelay = 1
 		}
 	}
-	if !fresh || l.freshNoDelay < 0 {
+	if l.freshNoDelay < 0 {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 }
