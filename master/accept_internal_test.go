@@ -2,6 +2,7 @@ package master
 
 import (
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -146,5 +147,18 @@ func TestTuneListener(t *testing.T) {
 		if err2 != nil || (nodelay != 0) != c.nodelay {
 			t.Errorf("%+v: TCP_NODELAY %d (%v), want %v", c.cfg, nodelay, err2, c.nodelay)
 		}
+	}
+}
+
+// A Unix socket gets neither option, and is no error, whatever -listen
+// names: socket activation may pass one to a master told to listen on TCP.
+func TestTuneListenerUnix(t *testing.T) {
+	fd, err := ListenUnix(filepath.Join(t.TempDir(), "s.sock"), 0o600, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := tuneListener(fd, Config{Mode: ModeFdpass, Listen: "127.0.0.1:8080", DeferAccept: time.Second}); err != nil {
+		t.Fatalf("a Unix listener under -listen 127.0.0.1:8080: %v", err)
 	}
 }

@@ -135,9 +135,15 @@ func resolve(addr string) (netip.AddrPort, error) {
 //     after the kernel's SYN-ACK retransmit, about a second later.
 //
 // A reuseport child sets its own listener's TCP_NODELAY; a Unix socket has
-// neither option.
+// neither option. The socket says which it is, not -listen: one that
+// socket activation passes may be a Unix socket whatever -listen names.
 func tuneListener(lfd int, cfg Config) error {
-	if cfg.Mode != ModeFdpass || UnixPath(cfg.Listen) != "" {
+	if cfg.Mode != ModeFdpass {
+		return nil
+	}
+	if domain, err := unix.GetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil {
+		return os.NewSyscallError("getsockopt SO_DOMAIN", err)
+	} else if domain == unix.AF_UNIX {
 		return nil
 	}
 	if err := unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
