@@ -134,8 +134,8 @@ func appendResponse(dst []byte, w *Response, r *Request, date []byte) []byte {
 		dst = append(dst, "\r\n"...)
 	}
 	dst = append(dst, w.header...)
-	bodyless := bodyless(w.status)
-	if !bodyless {
+	noBody := bodyless(w.status)
+	if !noBody {
 		dst = append(dst, "Content-Length: "...)
 		dst = strconv.AppendInt(dst, int64(len(w.body)), 10)
 		dst = append(dst, "\r\n"...)
@@ -147,7 +147,7 @@ func appendResponse(dst []byte, w *Response, r *Request, date []byte) []byte {
 		dst = append(dst, "Connection: keep-alive\r\n"...)
 	}
 	dst = append(dst, "\r\n"...)
-	if !bodyless && !isHead(r.Method) {
+	if !noBody && !isHead(r.Method) {
 		dst = append(dst, w.body...)
 	}
 	return dst

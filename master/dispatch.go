@@ -70,9 +70,8 @@ func (m *Master) dispatch() {
 		for _, k := range m.targets {
 			if len(k.batch) > 0 {
 				var back bool
-				if sent, back = m.sendTo(k, sent); back {
-					returned = true
-				}
+				sent, back = m.sendTo(k, sent)
+				returned = returned || back
 			}
 		}
 		if !returned {
@@ -141,17 +140,9 @@ func (m *Master) canTake(k *kid) bool {
 	return !k.full && !k.h.stalled.Load() && m.hasRoom(k)
 }
 
-// send delivers k.batch and closes the master's copies of what it sent. It
+// sendTo delivers k.batch and appends what it sent to sent, the master's
+// copies that the caller closes (closing them first when sent is full). It
 // reports whether some fds could not be sent; those go back to the queue.
-func (m *Master) send(k *kid) bool {
-	var sentFds [ipc.MaxFds]int
-	sent, back := m.sendTo(k, sentFds[:0])
-	closeSent(sent)
-	return back
-}
-
-// sendTo is send that leaves the closing to its caller: it appends what it
-// sent to sent (closing them first when sent is full) and returns it.
 func (m *Master) sendTo(k *kid, sent []int) ([]int, bool) {
 	if len(k.batch) > 0 && m.backlog(k) == 0 {
 		// It owed nothing until now: the stall clock starts here.

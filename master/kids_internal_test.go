@@ -566,7 +566,7 @@ func TestStopDeadline(t *testing.T) {
 		clk := withClock(m)
 		start := clk.now()
 		m.stop(c.kind)
-		if m.stopped(clk.add(c.wait)) {
+		if m.stopDone(clk.add(c.wait)) {
 			t.Fatalf("stop %d: stopped at the deadline with %d children running", c.kind, len(m.kids))
 		}
 		for _, k := range kids {
@@ -574,7 +574,7 @@ func TestStopDeadline(t *testing.T) {
 				t.Fatalf("stop %d: child %d sent %v before the deadline", c.kind, k.pid, got)
 			}
 		}
-		if m.stopped(clk.add(time.Millisecond)) {
+		if m.stopDone(clk.add(time.Millisecond)) {
 			t.Fatalf("stop %d: stopped past the deadline before its children were reaped", c.kind)
 		}
 		for _, k := range kids {
@@ -583,7 +583,7 @@ func TestStopDeadline(t *testing.T) {
 			}
 		}
 		m.reap()
-		if !m.stopped(clk.now()) {
+		if !m.stopDone(clk.now()) {
 			t.Errorf("stop %d: not stopped %v after it began, its children reaped (%d left)", c.kind, clk.now().Sub(start), len(m.kids))
 		}
 	}
@@ -597,10 +597,10 @@ func TestStopDeadline(t *testing.T) {
 		m.queue = append(m.queue, conns(t, 1)...)
 		m.handover = ipc.NewChannel(-1) // queued for a new master
 		t.Cleanup(func() { m.handover = nil })
-		if m.stopped(clk.add(grace)) {
+		if m.stopDone(clk.add(grace)) {
 			t.Fatal("stopped with a connection waiting for the new master, before the deadline")
 		}
-		if !m.stopped(clk.add(time.Millisecond)) {
+		if !m.stopDone(clk.add(time.Millisecond)) {
 			t.Fatal("not stopped past the deadline")
 		}
 	})

@@ -281,7 +281,7 @@ func (m *Master) loop() error {
 		now := m.now()
 		m.lbTurn(now)
 		if m.stopBegun() {
-			if m.stopped(now) {
+			if m.stopDone(now) {
 				m.log.Info("master stopped")
 				return m.stopErr()
 			}
@@ -384,11 +384,11 @@ func (m *Master) timeout() int {
 	return int(max(0, min(ms, 1000)))
 }
 
-// stopped reports, during a stop, whether the master is done: no child is
-// left, and no connection waits for a new master to take it (an upgrade's
-// hand-over) unless the deadline has passed. Past the deadline it kills the
-// children that are left, which the next reap then counts out.
-func (m *Master) stopped(now time.Time) bool {
+// stopDone takes a stop's turn: past the deadline it kills the children
+// that are left, which the next reap counts out. It reports whether the
+// master is done: no child is left, and no connection waits for a new
+// master to take it (an upgrade's hand-over) unless the deadline has passed.
+func (m *Master) stopDone(now time.Time) bool {
 	if len(m.kids) == 0 && (len(m.queue) == 0 || m.handover == nil || now.After(m.deadline)) {
 		return true
 	}

@@ -216,8 +216,10 @@ func TestDispatchLeast(t *testing.T) {
 	kids[0].batch = append(kids[0].batch, m.queue[:4]...)
 	kids[1].batch = append(kids[1].batch, m.queue[4])
 	m.queue = nil
-	m.send(kids[0].kid)
-	m.send(kids[1].kid)
+	for _, k := range kids[:2] {
+		sent, _ := m.sendTo(k.kid, nil)
+		closeSent(sent)
+	}
 	for _, k := range kids {
 		n, _ := k.take(t)
 		m.accepted(k, uint64(n))

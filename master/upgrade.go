@@ -31,7 +31,7 @@ func (m *Master) upgrade() {
 	}
 	afd, err := m.admin.fd()
 	if err != nil {
-		m.log.Warn("upgrade: the admin listener cannot be passed on; the new master listens anew", "err", err)
+		m.log.Warn("upgrade: the admin listener cannot be passed on; the new master opens its own, which fails while this one holds the address", "err", err)
 	}
 	files, env := upgradeStart(m.null, m.lfd, p[1], afd)
 	attr := &syscall.ProcAttr{Env: env, Files: files}
