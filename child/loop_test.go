@@ -567,3 +567,30 @@ func TestLoopServesCarriedRequestWhenArmingFirst(t *testing.T) {
 		t.Fatalf("silent connection: status %d body %q", r.status, r.body)
 	}
 }
+
+// Requests served in one turn still publish different starts in the stats
+// cell: the master tells a request's method and path from the next one's
+// by its start, and pipelined requests share the turn's clock.
+func TestPipelinedStartsDiffer(t *testing.T) {
+	st := new(ipc.Cell)
+	starts := make(chan int64, 8)
+	tc := startChild(t, Config{Stats: st}, HandlerFunc(func(w *Response, r *Request) {
+		starts <- st.ReqStart.Load()
+		w.Write([]byte("ok"))
+	}))
+	c := tc.dial(t)
+	c.send(t, strings.Repeat(get("/"), 4))
+	for range 4 {
+		if r := c.read(t); r.status != 200 {
+			t.Fatalf("status %d", r.status)
+		}
+	}
+	prev := int64(0)
+	for range 4 {
+		s := <-starts
+		if s <= prev {
+			t.Fatalf("a pipelined request published start %d after %d", s, prev)
+		}
+		prev = s
+	}
+}

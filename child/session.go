@@ -13,20 +13,21 @@ import (
 // has one, and in pool mode so does every worker. Its buffers are shared by
 // all the connections it serves, one event at a time.
 type session struct {
-	h        Handler
-	st       *ipc.Cell
-	alog     *logBuf // nil without an access log
-	lim      *Limits
-	to       *Timeouts
-	draining *atomic.Bool
-	goaway   *atomic.Bool
-	shared   bool // a pool worker's: others publish requests in the same cell
-	clk      clock
-	missed   bool   // the last read found nothing (EAGAIN)
-	rbuf     []byte // every read lands here unless a partial request waits
-	wbuf     []byte // the responses of one event, sent with one write
-	req      Request
-	resp     Response
+	h         Handler
+	st        *ipc.Cell
+	alog      *logBuf // nil without an access log
+	lim       *Limits
+	to        *Timeouts
+	draining  *atomic.Bool
+	goaway    *atomic.Bool
+	shared    bool // a pool worker's: others publish requests in the same cell
+	clk       clock
+	missed    bool   // the last read found nothing (EAGAIN)
+	lastStart int64  // the start published for the last request (Cell.Begin)
+	rbuf      []byte // every read lands here unless a partial request waits
+	wbuf      []byte // the responses of one event, sent with one write
+	req       Request
+	resp      Response
 }
 
 const (
@@ -90,7 +91,10 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 		}
 		s.resp.reset()
 		s.resp.begin(s, c, out) // a raw response may send itself (stream.go)
-		claimed := s.st.BeginFrom(s.clk.now.UnixNano(), s.req.Method, s.req.Path, c.knownRemote(), s.shared)
+		// Requests of one read share the turn's clock; their starts must
+		// still differ, since a reader of the cell tells them apart by it.
+		s.lastStart = max(s.clk.now.UnixNano(), s.lastStart+1)
+		claimed := s.st.BeginFrom(s.lastStart, s.req.Method, s.req.Path, c.knownRemote(), s.shared)
 		s.h.Serve(&s.resp, &s.req)
 		s.st.End(claimed, s.shared)
 		// Draining is checked again: in pool mode a drain can arrive while

@@ -153,8 +153,10 @@ func (s *Stats) Reset(i int) { clear(s.mem[i]) }
 // caller passes that to End. shared says that other goroutines of the child
 // (pool workers) may call Begin at the same time. The loop of an inline
 // child is alone: it pays one store here and one in End, on every request.
-// It needs no "being written" mark, since End has stored 0 before the next
-// Begin writes the bytes, and a reader that saw the old start sees it change.
+// A reader (Current) takes the bytes as one request's when it sees the same
+// start before and after them, so now must differ from the previous
+// request's start: two requests served in the same nanosecond would let a
+// reader take bytes torn between them.
 func (c *Cell) Begin(now int64, method, path []byte, shared bool) bool {
 	return c.BeginFrom(now, method, path, netip.AddrPort{}, shared)
 }
