@@ -214,9 +214,15 @@ func TestWaitAfterFullBuffer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if p.PollsFirst() != (n == len(buf)) {
+			t.Fatalf("a Wait that reported %d of a buffer of %d: polls first next %v", n, len(buf), p.PollsFirst())
+		}
 		seen += n // one-shot: each fd is reported once
 	}
 	expectNone(t, p)
+	if p.PollsFirst() {
+		t.Error("polls first after a Wait that found nothing")
+	}
 }
 
 func TestOneShotDisarmsUntilRearm(t *testing.T) {

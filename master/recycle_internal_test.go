@@ -39,12 +39,7 @@ func TestRecycleReplacesFirst(t *testing.T) {
 				t.Fatalf("recycle %q, want %q", old.recycle, c.reason)
 			}
 			m.maintain(clk.now())
-			var repl *kid
-			for _, k := range m.kids {
-				if k != old && k.slot == 0 {
-					repl = k
-				}
-			}
+			repl := replacementOf(m, old)
 			if repl == nil || old.state != ready {
 				t.Fatalf("no replacement started beside the serving child (replacement %v, old state %v)", repl, old.state)
 			}

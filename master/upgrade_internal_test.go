@@ -56,6 +56,11 @@ func TestAdopt(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			fd := tcpSocket(t, c.listening)
+			// As inherited across exec: without close-on-exec, which
+			// adopt must set again.
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+				t.Fatal(err)
+			}
 			got, err := adopt(fd, c.mode, 0)
 			if !errors.Is(err, c.err) {
 				t.Fatalf("adopt: %v, want %v", err, c.err)

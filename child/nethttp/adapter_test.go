@@ -226,12 +226,18 @@ func TestContextCancelled(t *testing.T) {
 			nc.(*net.TCPConn).CloseWrite()
 		}},
 		// A drain (reload, graceful stop) cancels a stream: it ends properly
-		// and the client gets Connection: close.
+		// and the child then closes the connection (its head went out before
+		// the drain, so it could not say Connection: close).
 		{name: "drain", stream: true, in: get("/events"), cancel: func(t *testing.T, lc *liveChild, nc net.Conn) {
 			lc.send(t, ipc.CmdDrain)
 		}, after: func(t *testing.T, lc *liveChild, nc net.Conn) {
-			if _, body := readResp(t, bufio.NewReader(nc), "GET"); body != "data: hello\n\n" {
+			br := bufio.NewReader(nc)
+			if _, body := readResp(t, br, "GET"); body != "data: hello\n\n" {
 				t.Errorf("stream body %q", body)
+			}
+			nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+				t.Errorf("after the stream ended: read %d, %v; want the child to close the connection", n, err)
 			}
 		}},
 		// A fast stop cancels every waiting handler, so that the child can exit.

@@ -48,29 +48,35 @@ func checkStatusNames(t *testing.T, body string) {
 	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		t.Fatalf("/status is not JSON: %v\n%s", err, body)
 	}
-	checkNames(t, "/status", doc, statusNames)
+	// Names do not change from one document to the next: the first wrong
+	// one ends the test (getStatus runs inside polls).
+	bad := badNames(nil, "/status", doc, statusNames)
 	children, _ := doc["children"].([]any)
 	for _, c := range children {
 		c, _ := c.(map[string]any)
-		checkNames(t, "/status child", c, childNames)
+		bad = badNames(bad, "/status child", c, childNames)
 		if r, ok := c["request"].(map[string]any); ok {
-			checkNames(t, "/status request", r, requestNames)
+			bad = badNames(bad, "/status request", r, requestNames)
 		}
+	}
+	if len(bad) > 0 {
+		t.Fatalf("%s\n%s", strings.Join(bad, "\n"), body)
 	}
 }
 
-func checkNames(t *testing.T, what string, obj map[string]any, names [2][]string) {
-	t.Helper()
+// badNames appends to bad what is wrong with obj's names.
+func badNames(bad []string, what string, obj map[string]any, names [2][]string) []string {
 	for _, n := range names[0] {
 		if _, ok := obj[n]; !ok {
-			t.Errorf("%s lacks %q: %v", what, n, obj)
+			bad = append(bad, fmt.Sprintf("%s lacks %q", what, n))
 		}
 	}
 	for n := range obj {
 		if !slices.Contains(names[0], n) && !slices.Contains(names[1], n) {
-			t.Errorf("%s has %q, which the test does not know: document it and add it here", what, n)
+			bad = append(bad, fmt.Sprintf("%s has %q, which the test does not know: document it and add it here", what, n))
 		}
 	}
+	return bad
 }
 
 // counterTotals are the children's counters summed.

@@ -370,10 +370,6 @@ func TestLogJSONDurations(t *testing.T) {
 	}
 }
 
-// TestAdminListenerBounds: a connection that sends nothing is closed after
-// the header timeout (5s); beyond 32 open connections one more is closed at
-// once; a stale socket file is replaced. (Tests listen on loopback only, so
-// -admin-public is checked by TestUsageMessages's refusals alone.)
 // refusedAtOnce waits until the server on port has taken or closed each of
 // conns, and says how many it closed.
 func refusedAtOnce(t *testing.T, port int, conns []net.Conn) (refused int) {
@@ -385,16 +381,11 @@ func refusedAtOnce(t *testing.T, port int, conns []net.Conn) (refused int) {
 		}
 		refused = 0
 		for _, c := range conns {
-			held, closed := false, false
-			for _, e := range table {
-				if e.rport == c.LocalAddr().(*net.TCPAddr).Port {
-					held = held || e.state == tcpEstablished && e.inode != 0
-					closed = closed || e.state != tcpEstablished
-				}
-			}
-			if closed {
+			e, found := entryFor(table, c.LocalAddr().(*net.TCPAddr).Port)
+			switch {
+			case found && e.state != tcpEstablished:
 				refused++
-			} else if !held {
+			case !found || e.inode == 0:
 				return false // still queued for accept
 			}
 		}
@@ -406,6 +397,10 @@ func refusedAtOnce(t *testing.T, port int, conns []net.Conn) (refused int) {
 	return refused
 }
 
+// TestAdminListenerBounds: a connection that sends nothing is closed after
+// the header timeout (5s); beyond 32 open connections one more is closed at
+// once; a stale socket file is replaced. (Tests listen on loopback only, so
+// -admin-public is checked by TestUsageMessages's refusals alone.)
 func TestAdminListenerBounds(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "-workers=1", "-admin=localhost:0")

@@ -423,15 +423,19 @@ func heldSockets(port int) ([]tcpEntry, error) {
 }
 
 // serverSocket is the server's end of the connection from client port peer
-// to local port port; found is false when the table does not show it. Of
-// two entries (an old one in TIME_WAIT, a new one), the one a process
-// holds wins.
+// to local port port; found is false when the table does not show it.
 func serverSocket(t *testing.T, port, peer int) (e tcpEntry, found bool) {
 	t.Helper()
 	table, err := tcpTable(port)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return entryFor(table, peer)
+}
+
+// entryFor is the entry of table for client port peer. Of two entries (an
+// old one in TIME_WAIT, a new one), the one a process holds wins.
+func entryFor(table []tcpEntry, peer int) (e tcpEntry, found bool) {
 	for _, x := range table {
 		if x.rport == peer && (!found || e.inode == 0) {
 			e, found = x, true
