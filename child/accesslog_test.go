@@ -245,10 +245,10 @@ func TestFollowHead(t *testing.T) {
 		for _, p := range parts {
 			w.WriteRaw([]byte(p))
 		}
-		if !w.headDone {
+		if !w.count.headDone {
 			return -1
 		}
-		return w.rawBodyLen()
+		return w.count.rawBodyLen()
 	}
 	for _, c := range cases {
 		for i := 0; i <= len(c.raw); i++ {
@@ -270,7 +270,7 @@ func TestFollowHead(t *testing.T) {
 	var w Response
 	w.begin(&session{}, nil, nil)
 	w.WriteRaw([]byte(cases[0].raw))
-	if w.headDone {
+	if w.count.headDone {
 		t.Error("the head was followed without an access log")
 	}
 }
@@ -294,7 +294,7 @@ func TestRawBodyLenAfterFailedFlush(t *testing.T) {
 	if err := w.Flush(); err == nil {
 		t.Fatal("Flush to a closed peer succeeded")
 	}
-	if got := w.rawBodyLen(); got != 5 {
+	if got := w.count.rawBodyLen(); got != 5 {
 		t.Errorf("body logged as %d bytes, want the 5 sent", got)
 	}
 }

@@ -338,7 +338,8 @@ func (l *loop) accept(n int) bool {
 // serves it too (its answer says Connection: close): it was sent before the
 // master knew.
 func (l *loop) register(fd int, carried []byte) {
-	if carried == nil {
+	fresh := carried == nil // not handed on by another child (CmdConn)
+	if fresh {
 		l.noDelay(fd)
 	}
 	for fd >= len(l.conns) {
@@ -352,7 +353,7 @@ func (l *loop) register(fd int, carried []byte) {
 	l.conns[fd] = c
 	l.open++
 	l.cfg.Stats.Accepted.Add(1)
-	if carried == nil { // not handed on by another child (CmdConn)
+	if fresh {
 		l.cfg.Stats.Fresh.Add(1)
 	}
 	if len(carried) > 0 {
@@ -362,8 +363,6 @@ func (l *loop) register(fd int, carried []byte) {
 			l.pool.submit(c)
 			return
 		}
-	}
-	if c.pending {
 		// Its request is in c.in already: no read event would announce it,
 		// so it is served now whatever early reads decided, and it says
 		// nothing about them.

@@ -110,7 +110,7 @@ func (s *session) process(c *conn, in, out []byte) (int, []byte, verdict) {
 			case isHead(s.req.Method):
 				size = 0
 			case s.resp.raw:
-				size = s.resp.rawBodyLen()
+				size = s.resp.count.rawBodyLen()
 			case bodyless(s.resp.status): // appendResponse sends no body
 				size = 0
 			}

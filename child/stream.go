@@ -52,11 +52,14 @@ type rawState struct {
 	err     error       // a send failed: what is left is dropped, the connection closes
 	watch   *watch      // Done's watcher; nil until Done is called
 	quit    <-chan struct{}
+	count   rawCount // what the access log counts of it
+}
 
-	// What the access log counts of a raw response: the bytes after its
-	// head, as nginx's $body_bytes_sent (chunk framing included). With an
-	// access log, the head is followed as the handler writes it, past any
-	// 1xx interim heads but 101 to the final one.
+// rawCount is what the access log counts of a raw response: the bytes after
+// its head, as nginx's $body_bytes_sent (chunk framing included). With an
+// access log, the head is followed as the handler writes it, past any 1xx
+// interim heads but 101 to the final one.
+type rawCount struct {
 	rawLen   int     // raw bytes written, less those a failed Flush dropped
 	unsent   int     // of them, how many are at the end of out, not yet sent
 	headAt   int     // where the head being followed begins
@@ -71,7 +74,7 @@ type rawState struct {
 func (w *Response) begin(s *session, c *conn, out []byte) {
 	w.raw, w.s, w.c, w.out, w.err, w.watch = false, s, c, out, nil, nil
 	w.flushed.Store(false)
-	w.rawLen, w.unsent, w.headAt, w.headEnd, w.headDone, w.matched, w.code = 0, 0, 0, 0, false, 0, [3]byte{}
+	w.count = rawCount{}
 }
 
 // end closes Done and returns the session's output once the handler has
@@ -102,10 +105,10 @@ func (w *Response) end(out []byte) []byte {
 func (w *Response) WriteRaw(p []byte) {
 	w.raw = true
 	if w.err == nil {
-		if !w.headDone && w.s != nil && w.s.alog != nil {
-			w.followHead(p)
+		if !w.count.headDone && w.s != nil && w.s.alog != nil {
+			w.count.followHead(p)
 		}
-		w.rawLen += len(p)
+		w.count.rawLen += len(p)
 		w.body = append(w.body, p...)
 	}
 }
@@ -113,7 +116,7 @@ func (w *Response) WriteRaw(p []byte) {
 // followHead follows a raw response's head through p, the next bytes the
 // handler wrote, to the blank line that ends it. A 1xx head other than 101
 // Switching Protocols is interim: the final head follows it.
-func (w *rawState) followHead(p []byte) {
+func (w *rawCount) followHead(p []byte) {
 	base := w.rawLen // where p begins in the response
 	w.readCode(p, base)
 	for i := 0; i < len(p); i++ {
@@ -148,7 +151,7 @@ func (w *rawState) followHead(p []byte) {
 
 // readCode takes what p, which begins at base in the response, holds of the
 // status code of the head being followed ("HTTP/1.1 200": bytes 9 to 11).
-func (w *rawState) readCode(p []byte, base int) {
+func (w *rawCount) readCode(p []byte, base int) {
 	for k := range w.code {
 		if at := w.headAt + len("HTTP/1.1 ") + k - base; at >= 0 && at < len(p) {
 			w.code[k] = p[at]
@@ -157,7 +160,7 @@ func (w *rawState) readCode(p []byte, base int) {
 }
 
 // rawBodyLen is what the access log counts of a raw response.
-func (w *rawState) rawBodyLen() int {
+func (w *rawCount) rawBodyLen() int {
 	if !w.headDone {
 		return 0
 	}
@@ -183,7 +186,7 @@ func (w *Response) Flush() error {
 		return ErrNotRaw
 	}
 	w.flushed.Store(true)
-	w.unsent += len(w.body) // out ends with this response's bytes
+	w.count.unsent += len(w.body) // out ends with this response's bytes
 	w.out = append(w.out, w.body...)
 	w.body = w.body[:0]
 	if w.s == nil || w.c == nil || w.c.borrowed || len(w.out) == 0 {
@@ -193,7 +196,7 @@ func (w *Response) Flush() error {
 	for len(p) > 0 {
 		n, err := w.s.write(w.c.fd, p)
 		p = p[n:]
-		w.unsent = min(w.unsent, len(p))
+		w.count.unsent = min(w.count.unsent, len(p))
 		switch {
 		case err == nil:
 		case err == unix.EAGAIN && !w.s.shared:
@@ -216,8 +219,8 @@ func (w *Response) Flush() error {
 var ErrWriteTimeout = errors.New("child: write timeout")
 
 func (w *Response) fail(err error) error {
-	w.rawLen -= w.unsent // never sent: the log counts what the kernel took
-	w.unsent = 0
+	w.count.rawLen -= w.count.unsent // never sent: the log counts what the kernel took
+	w.count.unsent = 0
 	w.err = err
 	w.close = true
 	w.out = w.out[:0]
